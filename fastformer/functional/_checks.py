@@ -1,0 +1,85 @@
+"""Argument checks shared by the functional ops: each failure names the argument, the value and
+what was expected, and is raised before any kernel launch."""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(str(dtype).removeprefix("torch.") for dtype in dtypes)
+
+
+def check_tensor(name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_float_dtype(name: str, tensor: torch.Tensor) -> None:
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name}.dtype={tensor.dtype} is not supported; expected one of "
+            f"{_dtype_names(SUPPORTED_DTYPES)}"
+        )
+
+
+def check_like(name: str, tensor: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """``tensor`` must have ``ref``'s shape, dtype and device."""
+    if tensor.device != ref.device:
+        raise ValueError(f"{name} is on {tensor.device} but {ref_name} is on {ref.device}")
+    if tensor.dtype != ref.dtype:
+        raise TypeError(f"{name}.dtype={tensor.dtype} must equal {ref_name}.dtype={ref.dtype}")
+    if tensor.shape != ref.shape:
+        raise ValueError(
+            f"{name}.shape={tuple(tensor.shape)} must equal {ref_name}.shape={tuple(ref.shape)}"
+        )
+
+
+def check_param(
+    name: str, tensor: torch.Tensor | None, shape: tuple[int, ...], x: torch.Tensor
+) -> None:
+    """An optional per-feature parameter: ``shape``, on x's device, x's dtype or float32."""
+    if tensor is None:
+        return
+    check_tensor(name, tensor)
+    if tensor.device != x.device:
+        raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+    allowed = (x.dtype, torch.float32)
+    if tensor.dtype not in allowed:
+        raise TypeError(
+            f"{name}.dtype={tensor.dtype} is not supported with x.dtype={x.dtype}; "
+            f"expected one of {_dtype_names(dict.fromkeys(allowed))}"
+        )
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name}.shape={tuple(tensor.shape)} must equal normalized_shape={shape}")
+
+
+def check_normalized_shape(normalized_shape, x: torch.Tensor) -> tuple[int, ...]:
+    """``normalized_shape`` as a tuple, checked against the last dims of ``x``."""
+    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+        normalized_shape = (normalized_shape,)
+    try:
+        shape = tuple(int(size) for size in normalized_shape)
+    except TypeError:
+        raise TypeError(
+            f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
+        ) from None
+    if not shape:
+        raise ValueError("normalized_shape=() is empty; expected at least one dim")
+    if len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape) :]) != shape:
+        raise ValueError(
+            f"normalized_shape={shape} does not match the last dims of x.shape={tuple(x.shape)}"
+        )
+    return shape
+
+
+def check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    eps = float(eps)
+    if not eps >= 0.0 or eps == float("inf"):
+        raise ValueError(f"eps={eps} must be finite and >= 0")
+    return eps

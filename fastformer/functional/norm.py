@@ -1,0 +1,116 @@
+"""``layer_norm`` and ``rms_norm``: torch's semantics on fastformer's kernels, with autograd.
+
+With ``residual`` given, both return ``(norm(x + residual), x + residual)`` from one pass over
+memory: the pre-LN block's add and norm. A post-LN block uses the first output alone.
+
+Inputs: any shape whose last dims equal ``normalized_shape``; fp32, fp16 or bf16; any strides
+(layouts that fold into one row stride and one column stride are read in place, others are
+copied once). ``weight`` and ``bias`` have ``normalized_shape`` and x's dtype or fp32; their
+gradients come back in their own dtype. Outputs are new contiguous tensors in x's dtype;
+nothing is written in place. Double backward is not supported.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from fastformer.functional import _checks
+from fastformer.kernels import _runtime
+from fastformer.kernels.norm import norm_bwd, norm_fwd
+
+
+class _NormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps, is_rms, n_norm_dims):
+        x2d = _runtime.as_rows(x, n_norm_dims)
+        res2d = _runtime.as_rows(residual, n_norm_dims) if residual is not None else None
+        w1d = weight.reshape(-1) if weight is not None else None
+        b1d = bias.reshape(-1) if bias is not None else None
+        y, h, mean, rstd = norm_fwd(x2d, w1d, b1d, eps, is_rms=is_rms, residual=res2d)
+        ctx.save_for_backward(h if h is not None else x2d, weight, mean, rstd)
+        ctx.is_rms = is_rms
+        ctx.n_norm_dims = n_norm_dims
+        ctx.has_residual = residual is not None
+        ctx.has_bias = bias is not None
+        ctx.bias_shape = bias.shape if bias is not None else None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.shape = x.shape
+        if h is None:
+            return y.view(x.shape)
+        return y.view(x.shape), h.view(x.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh=None):
+        x2d, weight, mean, rstd = ctx.saved_tensors
+        n_norm_dims = ctx.n_norm_dims
+        needs = ctx.needs_input_grad
+        dx2d, dw, db = norm_bwd(
+            _runtime.as_rows(dy, n_norm_dims),
+            x2d,
+            weight.reshape(-1) if weight is not None else None,
+            mean,
+            rstd,
+            is_rms=ctx.is_rms,
+            dh=_runtime.as_rows(dh, n_norm_dims) if dh is not None else None,
+            compute_dw=needs[2],
+            compute_db=needs[3] and ctx.has_bias,
+        )
+        dx = dx2d.view(ctx.shape) if needs[0] or needs[1] else None
+        dres = dx if ctx.has_residual and needs[1] else None
+        dweight = dw.view(weight.shape).to(weight.dtype) if dw is not None else None
+        dbias = db.view(ctx.bias_shape).to(ctx.bias_dtype) if db is not None else None
+        return dx if needs[0] else None, dres, dweight, dbias, None, None, None
+
+
+def _norm(x, normalized_shape, weight, bias, eps, residual, is_rms):
+    _checks.check_tensor("x", x)
+    _checks.check_float_dtype("x", x)
+    shape = _checks.check_normalized_shape(normalized_shape, x)
+    _checks.check_param("weight", weight, shape, x)
+    _checks.check_param("bias", bias, shape, x)
+    eps = _checks.check_eps(eps)
+    if residual is not None:
+        _checks.check_tensor("residual", residual)
+        _checks.check_like("residual", residual, "x", x)
+    return _NormFunction.apply(x, residual, weight, bias, eps, is_rms, len(shape))
+
+
+def layer_norm(
+    x: torch.Tensor,
+    normalized_shape,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    residual: torch.Tensor | None = None,
+):
+    """``torch.nn.functional.layer_norm`` on fastformer's kernel.
+
+    Args:
+        x: (..., *normalized_shape), fp32/fp16/bf16.
+        normalized_shape: int or sequence of ints, the trailing dims to normalise over.
+        weight, bias: normalized_shape, x's dtype or fp32, or None.
+        eps: added to the variance.
+        residual: like x, or None.
+    Returns:
+        ``norm(x)``, or ``(norm(x + residual), x + residual)`` when ``residual`` is given.
+    """
+    return _norm(x, normalized_shape, weight, bias, eps, residual, is_rms=False)
+
+
+def rms_norm(
+    x: torch.Tensor,
+    normalized_shape,
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+    residual: torch.Tensor | None = None,
+):
+    """``torch.nn.functional.rms_norm`` on fastformer's kernel.
+
+    ``eps=None`` means ``torch.finfo(x.dtype).eps``, as in torch. Other arguments and the
+    return value as in :func:`layer_norm` (there is no bias).
+    """
+    if eps is None and isinstance(x, torch.Tensor) and x.dtype.is_floating_point:
+        eps = torch.finfo(x.dtype).eps
+    return _norm(x, normalized_shape, weight, None, eps, residual, is_rms=True)
