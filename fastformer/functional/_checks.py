@@ -61,12 +61,13 @@ def check_normalized_shape(normalized_shape, x: torch.Tensor) -> tuple[int, ...]
     """``normalized_shape`` as a tuple, checked against the last dims of ``x``."""
     if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
         normalized_shape = (normalized_shape,)
-    try:
-        shape = tuple(int(size) for size in normalized_shape)
-    except TypeError:
+    if isinstance(normalized_shape, (str, bytes)) or not all(
+        isinstance(size, int) and not isinstance(size, bool) for size in normalized_shape
+    ):
         raise TypeError(
             f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
-        ) from None
+        )
+    shape = tuple(normalized_shape)
     if not shape:
         raise ValueError("normalized_shape=() is empty; expected at least one dim")
     if len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape) :]) != shape:

@@ -23,12 +23,13 @@ from fastformer.kernels.norm import norm_bwd, norm_fwd
 class _NormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps, is_rms, n_norm_dims):
-        x2d = _runtime.as_rows(x, n_norm_dims)
-        res2d = _runtime.as_rows(residual, n_norm_dims) if residual is not None else None
+        x_rows = _runtime.as_rows(x, n_norm_dims)
+        res_rows = _runtime.as_rows(residual, n_norm_dims) if residual is not None else None
         w1d = weight.reshape(-1) if weight is not None else None
         b1d = bias.reshape(-1) if bias is not None else None
-        y, h, mean, rstd = norm_fwd(x2d, w1d, b1d, eps, is_rms=is_rms, residual=res2d)
-        ctx.save_for_backward(h if h is not None else x2d, weight, mean, rstd)
+        y, h, mean, rstd = norm_fwd(x_rows, w1d, b1d, eps, is_rms=is_rms, residual=res_rows)
+        # Save the rows' tensor (x itself, its one copy, or h), not x: no second copy later.
+        ctx.save_for_backward(h if h is not None else x_rows.tensor, weight, mean, rstd)
         ctx.is_rms = is_rms
         ctx.n_norm_dims = n_norm_dims
         ctx.has_residual = residual is not None
@@ -43,12 +44,12 @@ class _NormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh=None):
-        x2d, weight, mean, rstd = ctx.saved_tensors
+        saved_x, weight, mean, rstd = ctx.saved_tensors
         n_norm_dims = ctx.n_norm_dims
         needs = ctx.needs_input_grad
         dx2d, dw, db = norm_bwd(
             _runtime.as_rows(dy, n_norm_dims),
-            x2d,
+            _runtime.as_rows(saved_x, 1 if ctx.has_residual else n_norm_dims),
             weight.reshape(-1) if weight is not None else None,
             mean,
             rstd,

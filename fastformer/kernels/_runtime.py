@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from triton.runtime.interpreter import InterpretedFunction
@@ -61,7 +62,7 @@ def check_runnable(kernel, name: str, tensor: torch.Tensor) -> None:
         )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -74,29 +75,61 @@ def max_programs(device: torch.device) -> int:
     return _sm_count(index) * PROGRAMS_PER_SM
 
 
-def _collapsed_stride(sizes, strides) -> int | None:
-    """The one stride that walks ``sizes`` as a flat axis, or None when no single stride does."""
-    dims = [(size, stride) for size, stride in zip(sizes, strides, strict=True) if size != 1]
-    if not dims:
-        return 1
-    for (_, outer_stride), (inner_size, inner_stride) in zip(dims, dims[1:], strict=False):
-        if outer_stride != inner_stride * inner_size:
-            return None
-    return dims[-1][1]
+def _fold(sizes, strides) -> list[tuple[int, int]]:
+    """Fold dims into the fewest (size, stride) groups that walk them in order, outer first."""
+    groups: list[tuple[int, int]] = []
+    for size, stride in zip(sizes, strides, strict=True):
+        if size == 1:
+            continue
+        if groups and groups[-1][1] == stride * size:
+            groups[-1] = (groups[-1][0] * size, stride)
+        else:
+            groups.append((size, stride))
+    return groups
 
 
-def as_rows(tensor: torch.Tensor, n_tail_dims: int) -> torch.Tensor:
-    """View ``tensor`` as ``(rows, cols)``: its last ``n_tail_dims`` dims fold into columns.
+@dataclass(frozen=True)
+class Rows:
+    """A tensor seen as ``(n_rows, n_cols)``: what a kernel needs to address any of its rows.
 
-    Leading dims that fold into one row stride and trailing dims that fold into one column
-    stride (transposed, sliced, step-sliced or fully expanded layouts) give a view, no copy.
-    Layouts that need two strides on one axis (a partly expanded or permuted stack) are copied.
+    Row ``r`` starts at ``(r // rows_inner) * stride_outer + (r % rows_inner) * stride_inner``
+    and its columns step by ``stride_col``: two row strides cover transposed and permuted
+    leading dims without a copy.
+    """
+
+    tensor: torch.Tensor
+    n_rows: int
+    n_cols: int
+    rows_inner: int
+    stride_outer: int
+    stride_inner: int
+    stride_col: int
+
+    def layout_args(self) -> tuple[int, int, int, int]:
+        return self.rows_inner, self.stride_outer, self.stride_inner, self.stride_col
+
+
+def as_rows(tensor: torch.Tensor, n_tail_dims: int) -> Rows:
+    """See ``tensor`` as rows of its last ``n_tail_dims`` dims folded into columns.
+
+    Leading dims that fold into at most two row strides, and trailing dims that fold into one
+    column stride, are addressed in place (transposed, permuted, sliced, step-sliced and
+    expanded layouts). Anything else is copied once into a contiguous tensor.
     """
     lead = tensor.dim() - n_tail_dims
     n_rows = math.prod(tensor.shape[:lead])
     n_cols = math.prod(tensor.shape[lead:])
-    row_stride = _collapsed_stride(tensor.shape[:lead], tensor.stride()[:lead])
-    col_stride = _collapsed_stride(tensor.shape[lead:], tensor.stride()[lead:])
-    if row_stride is None or col_stride is None:
-        return tensor.contiguous().view(n_rows, n_cols)
-    return tensor.as_strided((n_rows, n_cols), (row_stride, col_stride))
+    row_groups = _fold(tensor.shape[:lead], tensor.stride()[:lead])
+    col_groups = _fold(tensor.shape[lead:], tensor.stride()[lead:])
+    if len(row_groups) > 2 or len(col_groups) > 1:
+        tensor = tensor.contiguous()
+        row_groups = [(n_rows, n_cols)]
+        col_groups = [(n_cols, 1)]
+    stride_col = col_groups[0][1] if col_groups else 1
+    if len(row_groups) == 2:
+        (_, stride_outer), (rows_inner, stride_inner) = row_groups
+    elif row_groups:
+        stride_outer, (rows_inner, stride_inner) = 0, row_groups[0]
+    else:
+        stride_outer, rows_inner, stride_inner = 0, max(n_rows, 1), 0
+    return Rows(tensor, n_rows, n_cols, rows_inner, stride_outer, stride_inner, stride_col)

@@ -46,6 +46,12 @@ MAX_WARPS = 16
 
 
 @triton.jit
+def _row_start(rows, rows_inner, stride_outer, stride_inner):
+    """Offset of each row's first element, for rows addressed through two row strides."""
+    return (rows // rows_inner) * stride_outer + (rows % rows_inner) * stride_inner
+
+
+@triton.jit
 def _norm_fwd_kernel(
     x_ptr,  # (n_rows, n_cols)
     res_ptr,  # (n_rows, n_cols) or unused
@@ -57,9 +63,13 @@ def _norm_fwd_kernel(
     rstd_ptr,  # (n_rows,) fp32, out
     n_rows,
     n_cols,
-    stride_x_row,
+    x_rows_inner,
+    stride_x_outer,
+    stride_x_inner,
     stride_x_col,
-    stride_res_row,
+    res_rows_inner,
+    stride_res_outer,
+    stride_res_inner,
     stride_res_col,
     stride_w_col,
     stride_b_col,
@@ -81,14 +91,12 @@ def _norm_fwd_kernel(
     mask_n = offs_n < n_cols
     mask = mask_m[:, None] & mask_n[None, :]
 
-    x = tl.load(
-        x_ptr + offs_m[:, None] * stride_x_row + offs_n[None, :] * stride_x_col, mask=mask, other=0.0
-    )
+    x_rows = _row_start(offs_m, x_rows_inner, stride_x_outer, stride_x_inner)
+    x = tl.load(x_ptr + x_rows[:, None] + offs_n[None, :] * stride_x_col, mask=mask, other=0.0)
     if HAS_RES:
+        res_rows = _row_start(offs_m, res_rows_inner, stride_res_outer, stride_res_inner)
         res = tl.load(
-            res_ptr + offs_m[:, None] * stride_res_row + offs_n[None, :] * stride_res_col,
-            mask=mask,
-            other=0.0,
+            res_ptr + res_rows[:, None] + offs_n[None, :] * stride_res_col, mask=mask, other=0.0
         )
         # Round the sum to the storage dtype first: the norm sees what eager's `x + r` holds.
         x = (x.to(tl.float32) + res.to(tl.float32)).to(h_ptr.dtype.element_ty)
@@ -127,9 +135,13 @@ def _norm_fwd_long_row_kernel(
     rstd_ptr,
     n_rows,
     n_cols,
-    stride_x_row,
+    x_rows_inner,
+    stride_x_outer,
+    stride_x_inner,
     stride_x_col,
-    stride_res_row,
+    res_rows_inner,
+    stride_res_outer,
+    stride_res_inner,
     stride_res_col,
     stride_w_col,
     stride_b_col,
@@ -144,8 +156,8 @@ def _norm_fwd_long_row_kernel(
 ):
     """Normalise one row of any width in chunks of BLOCK_N; pointers as in _norm_fwd_kernel."""
     row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_x_row
-    res_row = res_ptr + row * stride_res_row
+    x_row = x_ptr + _row_start(row, x_rows_inner, stride_x_outer, stride_x_inner)
+    res_row = res_ptr + _row_start(row, res_rows_inner, stride_res_outer, stride_res_inner)
     h_row = h_ptr + row * stride_h_row
     y_row = y_ptr + row * stride_y_row
 
@@ -217,12 +229,18 @@ def _norm_bwd_kernel(
     n_rows,
     n_cols,
     rows_per_program,
-    stride_dy_row,
+    dy_rows_inner,
+    stride_dy_outer,
+    stride_dy_inner,
     stride_dy_col,
-    stride_x_row,
+    x_rows_inner,
+    stride_x_outer,
+    stride_x_inner,
     stride_x_col,
     stride_w_col,
-    stride_dh_row,
+    dh_rows_inner,
+    stride_dh_outer,
+    stride_dh_inner,
     stride_dh_col,
     stride_dx_row,
     IS_RMS: tl.constexpr,
@@ -233,7 +251,7 @@ def _norm_bwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """dx for a band of whole rows, and that band's partial dweight and dbias (n_cols <= BLOCK_N)."""
+    """dx for a band of whole rows, and the band's partial dweight and dbias (n_cols <= BLOCK_N)."""
     pid = tl.program_id(0)
     row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
@@ -250,16 +268,14 @@ def _norm_bwd_kernel(
         mask_m = offs_m < row_end
         mask = mask_m[:, None] & mask_n[None, :]
 
+        dy_rows = _row_start(offs_m, dy_rows_inner, stride_dy_outer, stride_dy_inner)
+        x_rows = _row_start(offs_m, x_rows_inner, stride_x_outer, stride_x_inner)
         dy = tl.load(
-            dy_ptr + offs_m[:, None] * stride_dy_row + offs_n[None, :] * stride_dy_col,
-            mask=mask,
-            other=0.0,
-        ).to(tl.float32)
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_x_row + offs_n[None, :] * stride_x_col,
-            mask=mask,
-            other=0.0,
-        ).to(tl.float32)
+            dy_ptr + dy_rows[:, None] + offs_n[None, :] * stride_dy_col, mask=mask, other=0.0
+        )
+        x = tl.load(x_ptr + x_rows[:, None] + offs_n[None, :] * stride_x_col, mask=mask, other=0.0)
+        dy = dy.to(tl.float32)
+        x = x.to(tl.float32)
         rstd = tl.load(rstd_ptr + offs_m, mask=mask_m, other=0.0)
 
         if IS_RMS:
@@ -278,10 +294,9 @@ def _norm_bwd_kernel(
             c2 = tl.sum(g, axis=1) / n_cols
             dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
         if HAS_DH:
+            dh_rows = _row_start(offs_m, dh_rows_inner, stride_dh_outer, stride_dh_inner)
             dh = tl.load(
-                dh_ptr + offs_m[:, None] * stride_dh_row + offs_n[None, :] * stride_dh_col,
-                mask=mask,
-                other=0.0,
+                dh_ptr + dh_rows[:, None] + offs_n[None, :] * stride_dh_col, mask=mask, other=0.0
             )
             dx += dh.to(tl.float32)
         tl.store(dx_ptr + offs_m[:, None] * stride_dx_row + offs_n[None, :], dx, mask=mask)
@@ -311,12 +326,18 @@ def _norm_bwd_long_row_kernel(
     n_rows,
     n_cols,
     rows_per_program,
-    stride_dy_row,
+    dy_rows_inner,
+    stride_dy_outer,
+    stride_dy_inner,
     stride_dy_col,
-    stride_x_row,
+    x_rows_inner,
+    stride_x_outer,
+    stride_x_inner,
     stride_x_col,
     stride_w_col,
-    stride_dh_row,
+    dh_rows_inner,
+    stride_dh_outer,
+    stride_dh_inner,
     stride_dh_col,
     stride_dx_row,
     IS_RMS: tl.constexpr,
@@ -334,8 +355,9 @@ def _norm_bwd_long_row_kernel(
     db_row = db_partial_ptr + pid * n_cols
 
     for row in range(row_start, row_end):
-        dy_row = dy_ptr + row * stride_dy_row
-        x_row = x_ptr + row * stride_x_row
+        dy_row = dy_ptr + _row_start(row, dy_rows_inner, stride_dy_outer, stride_dy_inner)
+        x_row = x_ptr + _row_start(row, x_rows_inner, stride_x_outer, stride_x_inner)
+        dh_row = dh_ptr + _row_start(row, dh_rows_inner, stride_dh_outer, stride_dh_inner)
         rstd = tl.load(rstd_ptr + row)
         mean = 0.0
         if not IS_RMS:
@@ -375,9 +397,7 @@ def _norm_bwd_long_row_kernel(
             else:
                 dx = (g - xhat * c1 - c2) * rstd
             if HAS_DH:
-                dh = tl.load(
-                    dh_ptr + row * stride_dh_row + offs_n * stride_dh_col, mask=mask_n, other=0.0
-                )
+                dh = tl.load(dh_row + offs_n * stride_dh_col, mask=mask_n, other=0.0)
                 dx += dh.to(tl.float32)
             tl.store(dx_ptr + row * stride_dx_row + offs_n, dx, mask=mask_n)
             if COMPUTE_DW:
@@ -401,20 +421,20 @@ def _long_row_warps() -> int:
 
 
 def norm_fwd(
-    x: torch.Tensor,
+    x: _runtime.Rows,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
     *,
     is_rms: bool,
-    residual: torch.Tensor | None = None,
+    residual: _runtime.Rows | None = None,
 ):
     """Normalise each row of ``x``.
 
     Args:
-        x: (n_rows, n_cols), fp32/fp16/bf16, any strides.
+        x: rows (n_rows, n_cols) of an fp32/fp16/bf16 tensor, any layout (``_runtime.as_rows``).
         weight, bias: (n_cols,) or None; bias is ignored when ``is_rms``.
-        residual: (n_rows, n_cols) like ``x``, or None.
+        residual: rows like ``x``, same dtype, or None.
     Returns:
         y: (n_rows, n_cols) contiguous, x's dtype.
         h: x + residual, (n_rows, n_cols) contiguous, or None without a residual.
@@ -422,10 +442,10 @@ def norm_fwd(
         rstd: (n_rows,) fp32.
     Nothing is written in place.
     """
-    n_rows, n_cols = x.shape
-    device = x.device
-    y = _runtime.empty((n_rows, n_cols), dtype=x.dtype, device=device)
-    h = _runtime.empty((n_rows, n_cols), dtype=x.dtype, device=device) if residual is not None else None
+    n_rows, n_cols = x.n_rows, x.n_cols
+    dtype, device = x.tensor.dtype, x.tensor.device
+    y = _runtime.empty((n_rows, n_cols), dtype=dtype, device=device)
+    h = _runtime.empty((n_rows, n_cols), dtype=dtype, device=device) if residual else None
     mean = None if is_rms else _runtime.empty((n_rows,), dtype=torch.float32, device=device)
     rstd = _runtime.empty((n_rows,), dtype=torch.float32, device=device)
     if n_rows == 0 or n_cols == 0:
@@ -433,20 +453,18 @@ def norm_fwd(
 
     res = residual if residual is not None else x
     args = (
-        x,
-        res,
-        weight if weight is not None else x,
-        bias if bias is not None else x,
+        x.tensor,
+        res.tensor,
+        weight if weight is not None else y,
+        bias if bias is not None else y,
         y,
         h if h is not None else y,
         mean if mean is not None else rstd,
         rstd,
         n_rows,
         n_cols,
-        x.stride(0),
-        x.stride(1),
-        res.stride(0),
-        res.stride(1),
+        *x.layout_args(),
+        *res.layout_args(),
         weight.stride(0) if weight is not None else 0,
         bias.stride(0) if bias is not None else 0,
         y.stride(0),
@@ -460,14 +478,14 @@ def norm_fwd(
         HAS_BIAS=bias is not None and not is_rms,
     )
     if n_cols <= MAX_FUSED_COLS:
-        _runtime.check_runnable(_norm_fwd_kernel, "x", x)
+        _runtime.check_runnable(_norm_fwd_kernel, "x", x.tensor)
         block_m, block_n, num_warps = _fused_config(n_cols)
         grid = (triton.cdiv(n_rows, block_m),)
         _norm_fwd_kernel[grid](
             *args, **flags, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps
         )
     else:
-        _runtime.check_runnable(_norm_fwd_long_row_kernel, "x", x)
+        _runtime.check_runnable(_norm_fwd_long_row_kernel, "x", x.tensor)
         _norm_fwd_long_row_kernel[(n_rows,)](
             *args, **flags, BLOCK_N=LONG_ROW_BLOCK, num_warps=_long_row_warps()
         )
@@ -475,32 +493,32 @@ def norm_fwd(
 
 
 def norm_bwd(
-    dy: torch.Tensor,
-    x: torch.Tensor,
+    dy: _runtime.Rows,
+    x: _runtime.Rows,
     weight: torch.Tensor | None,
     mean: torch.Tensor | None,
     rstd: torch.Tensor,
     *,
     is_rms: bool,
-    dh: torch.Tensor | None = None,
+    dh: _runtime.Rows | None = None,
     compute_dw: bool = True,
     compute_db: bool = False,
 ):
     """Gradients of :func:`norm_fwd`.
 
     Args:
-        dy: (n_rows, n_cols), gradient of y, any strides.
-        x: (n_rows, n_cols), the normalised input (h when the forward had a residual).
+        dy: rows (n_rows, n_cols), gradient of y, any layout.
+        x: rows (n_rows, n_cols), the normalised input (h when the forward had a residual).
         weight: (n_cols,) or None. mean, rstd: as :func:`norm_fwd` returned them.
-        dh: (n_rows, n_cols) gradient arriving on the h output, or None.
+        dh: rows (n_rows, n_cols), gradient arriving on the h output, or None.
     Returns:
         dx: (n_rows, n_cols) contiguous, x's dtype (also the residual's gradient).
         dw: (n_cols,) fp32, or None. db: (n_cols,) fp32, or None.
     """
-    n_rows, n_cols = x.shape
-    device = x.device
+    n_rows, n_cols = x.n_rows, x.n_cols
+    dtype, device = x.tensor.dtype, x.tensor.device
     compute_dw = compute_dw and weight is not None
-    dx = _runtime.empty((n_rows, n_cols), dtype=x.dtype, device=device)
+    dx = _runtime.empty((n_rows, n_cols), dtype=dtype, device=device)
     if n_rows == 0 or n_cols == 0:
         zeros = torch.zeros(n_cols, dtype=torch.float32, device=device)
         return dx, (zeros if compute_dw else None), (zeros.clone() if compute_db else None)
@@ -512,37 +530,36 @@ def norm_bwd(
         n_blocks = triton.cdiv(n_rows, block_m)
     else:
         kernel = _norm_bwd_long_row_kernel
-        block_n, num_warps, n_blocks = LONG_ROW_BLOCK, _long_row_warps(), n_rows
-    _runtime.check_runnable(kernel, "x", x)
+        block_m, block_n, num_warps, n_blocks = 1, LONG_ROW_BLOCK, _long_row_warps(), n_rows
+    _runtime.check_runnable(kernel, "x", x.tensor)
     # Whole row blocks per program, so that no two programs share a block.
     blocks_per_program = triton.cdiv(n_blocks, min(n_blocks, _runtime.max_programs(device)))
-    rows_per_program = blocks_per_program * (block_m if fused else 1)
+    rows_per_program = blocks_per_program * block_m
     n_programs = triton.cdiv(n_rows, rows_per_program)
 
     # The looping kernel adds into its partial rows; the fused one writes each partial row once.
-    partial = _runtime.empty if fused else _zeros
-    dw_partial = partial((n_programs, n_cols), dtype=torch.float32, device=device) if compute_dw else None
-    db_partial = partial((n_programs, n_cols), dtype=torch.float32, device=device) if compute_db else None
+    new_partial = _runtime.empty if fused else torch.zeros
+    shape = (n_programs, n_cols)
+    dw_partial = new_partial(shape, dtype=torch.float32, device=device) if compute_dw else None
+    db_partial = new_partial(shape, dtype=torch.float32, device=device) if compute_db else None
+    grad_h = dh if dh is not None else dy
     args = (
-        dy,
-        x,
-        weight if weight is not None else x,
+        dy.tensor,
+        x.tensor,
+        weight if weight is not None else dx,
         mean if mean is not None else rstd,
         rstd,
-        dh if dh is not None else dy,
+        grad_h.tensor,
         dx,
         dw_partial if dw_partial is not None else rstd,
         db_partial if db_partial is not None else rstd,
         n_rows,
         n_cols,
         rows_per_program,
-        dy.stride(0),
-        dy.stride(1),
-        x.stride(0),
-        x.stride(1),
+        *dy.layout_args(),
+        *x.layout_args(),
         weight.stride(0) if weight is not None else 0,
-        dh.stride(0) if dh is not None else 0,
-        dh.stride(1) if dh is not None else 0,
+        *grad_h.layout_args(),
         dx.stride(0),
     )
     flags = dict(
@@ -552,14 +569,8 @@ def norm_bwd(
         COMPUTE_DW=compute_dw,
         COMPUTE_DB=compute_db,
     )
-    if fused:
-        kernel[(n_programs,)](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
-    else:
-        kernel[(n_programs,)](*args, **flags, BLOCK_N=block_n, num_warps=num_warps)
+    blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n) if fused else dict(BLOCK_N=block_n)
+    kernel[(n_programs,)](*args, **flags, **blocks, num_warps=num_warps)
     dw = dw_partial.sum(dim=0) if compute_dw else None
     db = db_partial.sum(dim=0) if compute_db else None
     return dx, dw, db
-
-
-def _zeros(shape, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.zeros(shape, dtype=dtype, device=device)

@@ -1,0 +1,6 @@
+"""nn.Modules on fastformer's kernels, with the constructor arguments and parameter names of
+their torch counterparts, so state_dicts load unchanged."""
+
+from fastformer.nn.norm import LayerNorm, RMSNorm
+
+__all__ = ["LayerNorm", "RMSNorm"]
