@@ -1,0 +1,171 @@
+"""Where benchmarks run and how they are timed: the environment record, the device's measured
+peak bandwidth, and the timer.
+
+On a GPU every time comes from ``triton.testing.do_bench`` (CUDA events, L2 flushed between
+calls): the median with its 20% and 80% quantiles. Without a GPU, do_bench cannot run (it needs
+a GPU driver), so a wall-clock loop stands in (a warm-up call, then repetitions for a fixed
+budget, summarised by the same quantiles); those times are Triton-interpreter times on the CPU,
+labelled as such everywhere they appear, and say nothing about GPU performance. No peak
+bandwidth is given on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+
+from fastformer.benchmarks import counts
+
+logger = logging.getLogger(__name__)
+
+# do_bench returns the quantiles in the order asked: median first, then the 20% and 80% ones.
+QUANTILES = (0.5, 0.2, 0.8)
+# do_bench's budgets (ms) for warm-up and timed repetitions on a GPU (its own defaults).
+GPU_WARMUP_MS = 25
+GPU_REP_MS = 100
+# The CPU stand-in: one warm-up call, then repetitions filling CPU_REP_MS, at least CPU_MIN_REPS
+# (a median of fewer means little) and at most CPU_MAX_REPS (eager calls take microseconds).
+CPU_WARMUP_CALLS = 1
+CPU_REP_MS = 150
+CPU_MIN_REPS = 3
+CPU_MAX_REPS = 50
+MS_PER_S = 1000
+# The copy that measures peak bandwidth: 1 GiB, far past any GPU's L2 cache (Hopper: 50 MB).
+PEAK_COPY_BYTES = 1 << 30
+GIT_TIMEOUT_S = 5
+
+CPU_DEVICE_NAME = "cpu (Triton interpreter)"
+GPU_TIMING = "gpu: triton.testing.do_bench, CUDA events"
+CPU_TIMING = "Triton interpreter on CPU: wall-clock times, NOT GPU performance"
+
+_peak_gbps_by_gpu: dict[str, float] = {}
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a set of results was measured on."""
+
+    device: str
+    timing: str
+    torch: str
+    triton: str
+    commit: str
+    peak_gbps: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return CPU_DEVICE_NAME
+
+
+def timing_label(device: torch.device) -> str:
+    return GPU_TIMING if device.type == "cuda" else CPU_TIMING
+
+
+def git_commit() -> str:
+    """The checkout's ``git rev-parse HEAD``, or "unknown" outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else "unknown"
+
+
+def peak_bandwidth_gbps(device: torch.device) -> float | None:
+    """The device's measured copy bandwidth (GB/s), once per GPU name per process; None on CPU.
+
+    Measured as (bytes read + bytes written) / median time of a device-to-device copy of
+    ``PEAK_COPY_BYTES``: the bandwidth a memory-bound kernel can actually reach, a little under
+    the data sheet's figure.
+    """
+    if device.type != "cuda":
+        return None
+    name = device_name(device)
+    if name not in _peak_gbps_by_gpu:
+        src = torch.empty(PEAK_COPY_BYTES, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), quantiles=list(QUANTILES))[0]
+        _peak_gbps_by_gpu[name] = counts.gbps(2 * PEAK_COPY_BYTES, ms)
+        del src, dst
+        torch.cuda.empty_cache()
+        logger.info("peak copy bandwidth of %s: %.0f GB/s", name, _peak_gbps_by_gpu[name])
+    return _peak_gbps_by_gpu[name]
+
+
+def environment(device: torch.device) -> Environment:
+    return Environment(
+        device=device_name(device),
+        timing=timing_label(device),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        commit=git_commit(),
+        peak_gbps=peak_bandwidth_gbps(device),
+    )
+
+
+def _quantiles(times: Sequence[float]) -> tuple[float, float, float]:
+    values = torch.quantile(
+        torch.tensor(times, dtype=torch.float64), torch.tensor(QUANTILES, dtype=torch.float64)
+    )
+    return tuple(values.tolist())
+
+
+def _clear_grads(tensors: Sequence[torch.Tensor]) -> None:
+    for tensor in tensors:
+        tensor.grad = None
+
+
+def _cpu_bench(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor]):
+    for _ in range(CPU_WARMUP_CALLS):
+        _clear_grads(grad_to_none)
+        fn()
+    times: list[float] = []
+    budget_end = time.perf_counter() + CPU_REP_MS / MS_PER_S
+    while len(times) < CPU_MAX_REPS and (
+        len(times) < CPU_MIN_REPS or time.perf_counter() < budget_end
+    ):
+        _clear_grads(grad_to_none)
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * MS_PER_S)
+    return _quantiles(times)
+
+
+def time_ms(
+    fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[torch.Tensor] = ()
+) -> tuple[float, float, float]:
+    """(median, q20, q80) milliseconds of ``fn()``; leaf gradients are cleared before each call."""
+    if device.type == "cuda":
+        result = triton.testing.do_bench(
+            fn,
+            warmup=GPU_WARMUP_MS,
+            rep=GPU_REP_MS,
+            grad_to_none=list(grad_to_none) or None,
+            quantiles=list(QUANTILES),
+        )
+        return tuple(result)
+    return _cpu_bench(fn, grad_to_none)

@@ -1,0 +1,276 @@
+"""The shared benchmark runner: every suite describes its cases, this times them.
+
+A :class:`Case` is one op at one shape and dtype, with its named providers (callables with the
+eager reference's signature), its eager reference and its byte counts. For each case and mode
+("fwd", "bwd", "fwd+bwd") the runner draws fresh random inputs, checks every provider but eager
+against a float64 reference (:mod:`fastformer.benchmarks.check`), times the ones that pass
+(:func:`fastformer.benchmarks.device.time_ms`) and returns one :class:`Row` per provider. A
+provider that fails its check, or raises, gets a failed row with the reason, and no time and
+no speedup. The measured peak bandwidth comes from :mod:`fastformer.benchmarks.device`, the
+byte counts from :mod:`fastformer.benchmarks.counts`.
+
+Modes: "fwd" times the forward with inputs that require grad (a training forward, which also
+saves what the backward needs); "bwd" times the backward alone, replaying one forward's graph;
+"fwd+bwd" times both. Gradients are reset to None before each timed call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch._functorch.config  # lazy_compile's knobs; `import torch` does not load it
+
+from fastformer.benchmarks import counts
+from fastformer.benchmarks import device as devices
+from fastformer.benchmarks.check import CheckResult, as_tuple, check_provider, leaf_copies
+
+logger = logging.getLogger(__name__)
+
+EAGER = "eager"
+COMPILE = "compile"
+FASTFORMER = "fastformer"
+PROVIDERS = (EAGER, COMPILE, FASTFORMER)
+MODES = counts.MODES
+# Inputs are random but the same from run to run.
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op at one shape and dtype.
+
+    ``make_inputs(device, generator)`` returns the call's keyword arguments: fresh random
+    tensors in ``dtype`` (every floating-point one gets a gradient) and any options.
+    ``providers`` maps provider names to callables taking those keyword arguments;
+    ``reference`` is the eager reference, run in float64 for the truth.
+    """
+
+    op: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make_inputs: Callable[[torch.device, torch.Generator], dict[str, object]]
+    reference: Callable[..., object]
+    providers: Mapping[str, Callable[..., object]]
+    fwd_bytes: int
+    bwd_bytes: int
+
+
+@dataclass
+class Row:
+    """One provider on one case in one mode. Times in ms. ``speedup`` is fastformer's over this
+    provider (this provider's median / fastformer's), None on fastformer's own row and where
+    either failed; ``gbps`` and ``peak_fraction`` are None on the CPU; ``detail`` says why a
+    failed row (``ok`` False) failed."""
+
+    op: str
+    shape: str
+    dtype: str
+    mode: str
+    provider: str
+    median_ms: float | None
+    q20_ms: float | None
+    q80_ms: float | None
+    gbps: float | None
+    peak_fraction: float | None
+    speedup: float | None
+    ok: bool
+    detail: str
+    timing: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_providers(device: torch.device, include_compile: bool = False) -> tuple[str, ...]:
+    """Eager and fastformer; torch.compile too on a GPU, or on the CPU when asked (compiling
+    takes tens of seconds a case there)."""
+    if device.type == "cuda" or include_compile:
+        return PROVIDERS
+    return (EAGER, FASTFORMER)
+
+
+def lazy_compile(fn: Callable[..., object]) -> Callable[..., object]:
+    """``torch.compile(fn)``, built on the first call: building it imports dynamo (seconds),
+    which a run without the compile provider should not pay for.
+
+    Without AOTAutograd's on-disk cache: a graph cached by an earlier process can come back with
+    a backward that frees its saved tensors ("donated buffers"), which the "bwd" mode's replays
+    (``retain_graph=True``) cannot use; see :func:`timed_call`.
+    """
+    compiled = None
+
+    def call(*args, **kwargs):
+        nonlocal compiled
+        if compiled is None:
+            compiled = torch.compile(fn)
+        with torch._functorch.config.patch(enable_autograd_cache=False):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
+def _check_names(kind: str, names: Sequence[str], allowed: Sequence[str]) -> None:
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"{kind}={unknown} not known; expected some of {list(allowed)}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One case's inputs for one mode, shared by all its providers: keyword arguments whose
+    floating-point tensors are leaves that require grad, those leaves, and the gradients fed to
+    the outputs (None in "fwd" mode)."""
+
+    inputs: dict[str, object]
+    leaves: list[torch.Tensor]
+    grads_out: list[torch.Tensor] | None
+
+
+def prepare(case: Case, mode: str, device: torch.device, generator: torch.Generator) -> Prepared:
+    """Fresh random inputs (and output gradients for the backward modes) for ``case``."""
+    inputs = leaf_copies(case.make_inputs(device, generator))
+    grads_out = None
+    if mode != "fwd":
+        with torch.no_grad():
+            outputs = as_tuple(case.reference(**inputs))
+        grads_out = [
+            torch.randn(out.shape, dtype=out.dtype, device=device, generator=generator)
+            for out in outputs
+        ]
+    leaves = [value for value in inputs.values() if isinstance(value, torch.Tensor)]
+    return Prepared(inputs, leaves, grads_out)
+
+
+def check(case: Case, provider: str, prepared: Prepared) -> CheckResult:
+    """The correctness check of ``provider`` on ``case`` (eager, the baseline, passes as such)."""
+    if provider == EAGER:
+        return CheckResult(True, "baseline")
+    fn = case.providers[provider]
+    return check_provider(fn, case.reference, prepared.inputs, prepared.grads_out)
+
+
+def timed_call(case: Case, provider: str, mode: str, prepared: Prepared) -> Callable[[], object]:
+    """The call the timer repeats: the forward, the backward (replaying one forward's graph), or
+    both. Clear ``prepared.leaves``' gradients before each call.
+
+    In "bwd" mode the forward runs here, and its backward once: a compiled provider's first
+    backward decides whether it frees its saved tensors (torch.compile's donated buffers), and
+    the replays need it not to, so build this before the check runs a backward of its own,
+    and run the modes in ``MODES`` order ("bwd" before "fwd+bwd").
+    """
+    fn, inputs, grads_out = case.providers[provider], prepared.inputs, prepared.grads_out
+    if mode == "fwd":
+        return lambda: fn(**inputs)
+    if mode == "bwd":
+        outputs = as_tuple(fn(**inputs))
+        torch.autograd.backward(outputs, grads_out, retain_graph=True)
+        return lambda: torch.autograd.backward(outputs, grads_out, retain_graph=True)
+    return lambda: torch.autograd.backward(as_tuple(fn(**inputs)), grads_out)
+
+
+def _row(case: Case, mode: str, provider: str, device: torch.device, **fields) -> Row:
+    values = dict(
+        median_ms=None, q20_ms=None, q80_ms=None, gbps=None, peak_fraction=None, speedup=None
+    )
+    values.update(fields)
+    return Row(
+        op=case.op,
+        shape="x".join(str(size) for size in case.shape),
+        dtype=str(case.dtype).removeprefix("torch."),
+        mode=mode,
+        provider=provider,
+        timing=devices.timing_label(device),
+        **values,
+    )
+
+
+def run_case(
+    case: Case,
+    mode: str,
+    providers: Sequence[str],
+    device: torch.device,
+    generator: torch.Generator,
+    peak_gbps: float | None = None,
+) -> list[Row]:
+    """Check and time each of ``providers`` that ``case`` offers, in ``mode``."""
+    prepared = prepare(case, mode, device, generator)
+    n_bytes = counts.bytes_for_mode(mode, case.fwd_bytes, case.bwd_bytes)
+    rows: list[Row] = []
+    for provider in providers:
+        if provider not in case.providers:
+            continue
+        try:
+            call = timed_call(case, provider, mode, prepared)
+            result = check(case, provider, prepared)
+            if result.ok:
+                median, q20, q80 = devices.time_ms(call, device, prepared.leaves)
+        except Exception as error:  # a provider that fails to run fails its row
+            result = CheckResult(False, f"raised {type(error).__name__}: {error}")
+        if not result.ok:
+            logger.info(
+                "%s %s %s %s failed: %s", case.op, case.shape, mode, provider, result.detail
+            )
+            rows.append(_row(case, mode, provider, device, ok=False, detail=result.detail))
+            continue
+        rate = counts.gbps(n_bytes, median) if device.type == "cuda" else None
+        rows.append(
+            _row(
+                case,
+                mode,
+                provider,
+                device,
+                median_ms=median,
+                q20_ms=q20,
+                q80_ms=q80,
+                gbps=rate,
+                peak_fraction=rate / peak_gbps if rate is not None and peak_gbps else None,
+                ok=True,
+                detail=result.detail,
+            )
+        )
+    fastformer_ms = next((r.median_ms for r in rows if r.provider == FASTFORMER and r.ok), None)
+    for row in rows:
+        if fastformer_ms and row.ok and row.provider != FASTFORMER:
+            row.speedup = row.median_ms / fastformer_ms
+    return rows
+
+
+def run_cases(
+    cases: Sequence[Case],
+    modes: Sequence[str] = MODES,
+    providers: Sequence[str] | None = None,
+    device: torch.device | None = None,
+    env: devices.Environment | None = None,
+    on_rows: Callable[[list[Row]], None] | None = None,
+) -> list[Row]:
+    """Run every case in every mode; ``on_rows`` sees each (case, mode)'s rows as they finish.
+
+    ``env`` (default: :func:`fastformer.benchmarks.device.environment` of ``device``) supplies
+    the measured peak bandwidth; pass the one you record with the rows.
+    """
+    device = device or devices.default_device()
+    providers = tuple(providers or default_providers(device))
+    _check_names("modes", modes, MODES)
+    modes = [mode for mode in MODES if mode in modes]  # see timed_call
+    _check_names("providers", providers, PROVIDERS)
+    env = env or devices.environment(device)
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    all_rows: list[Row] = []
+    for case in cases:
+        if COMPILE in providers:
+            # A fresh compile cache per case: dynamo's per-function recompile limit would
+            # otherwise send later shapes back to eager without a word.
+            torch.compiler.reset()
+        for mode in modes:
+            rows = run_case(case, mode, providers, device, generator, env.peak_gbps)
+            all_rows.extend(rows)
+            if on_rows is not None:
+                on_rows(rows)
+    return all_rows
+
+
+def any_failed(rows: Sequence[Row]) -> bool:
+    return any(not row.ok for row in rows)

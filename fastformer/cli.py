@@ -1,0 +1,173 @@
+"""fastformer's command line: ``fastformer bench`` (also ``python -m fastformer bench``).
+
+``bench`` checks and times fastformer's norm kernels against eager PyTorch (and torch.compile)
+and prints a table; it exits with 1 when any provider fails its correctness check.
+
+Without a CUDA device the kernels have to run in Triton's interpreter, which is chosen when the
+kernels are defined, so ``TRITON_INTERPRET=1`` is set before anything imports them (the
+benchmark modules are imported inside the command). If they were already defined for a GPU (the
+package's ``__init__`` imports them), the command runs itself again in a fresh interpreter
+process with the variable set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from fastformer.benchmarks.counts import MODES
+
+logger = logging.getLogger(__name__)
+
+# The ops of the norm suite (fastformer.benchmarks.norm.OPS; a test keeps the two equal).
+BENCH_OPS = ("layer_norm", "rms_norm")
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+# Set in the environment of the re-run process, so that it never re-runs itself again.
+RELAUNCHED_ENV = "FASTFORMER_CLI_RELAUNCHED"
+EXIT_OK = 0
+EXIT_FAILED = 1
+CPU_BANNER = (
+    "NOTE: no CUDA device. fastformer's kernels run in Triton's interpreter on the CPU: every\n"
+    "time below is interpreter wall-clock time, NOT GPU performance. GB/s and % peak are left\n"
+    "out; run on a GPU for real numbers."
+)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastformer", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser(
+        "bench",
+        help="check and time the norm kernels against eager PyTorch",
+        description="Check each provider against a float64 reference, then time it: the median "
+        "and 20%/80% quantiles of triton.testing.do_bench on a GPU (4096 rows of 1024-16384 "
+        "features in bf16); on the CPU, wall-clock times of the Triton interpreter (64 rows of "
+        "256 and 1024 features), which are not GPU performance.",
+    )
+    bench.add_argument("--op", nargs="+", choices=BENCH_OPS, help="ops to run (default: all)")
+    bench.add_argument("--dtype", nargs="+", choices=DTYPE_NAMES, help="default: bfloat16")
+    bench.add_argument("--mode", nargs="+", choices=MODES, help="default: all three")
+    bench.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile on the CPU (always on a GPU; compiling takes tens of "
+        "seconds a case on the CPU)",
+    )
+    bench.add_argument("--rows", type=_positive_int, help="rows of every shape (default: suite's)")
+    bench.add_argument(
+        "--cols", nargs="+", type=_positive_int, help="features of each shape (default: suite's)"
+    )
+    bench.add_argument("--json", metavar="PATH", help="write the environment and rows as JSON")
+    bench.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
+    bench.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def _kernels_defined_for_gpu() -> bool:
+    """Whether fastformer's kernels were already defined outside Triton's interpreter."""
+    from triton.runtime import JITFunction
+
+    return any(
+        isinstance(value, JITFunction)
+        for name, module in list(sys.modules.items())
+        if name.startswith("fastformer.kernels.") and module is not None
+        for value in vars(module).values()
+    )
+
+
+def _rerun_interpreted(argv: list[str]) -> int:
+    if os.environ.get(RELAUNCHED_ENV):
+        print(
+            "error: fastformer's kernels are still defined for a GPU with TRITON_INTERPRET=1",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    env = {**os.environ, "TRITON_INTERPRET": "1", RELAUNCHED_ENV: "1"}
+    command = [sys.executable, "-m", "fastformer", *argv]
+    logger.info("kernels were defined for a GPU; running again interpreted: %s", command)
+    sys.stdout.flush()
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def _shapes(args, default_shapes):
+    if args.rows is None and args.cols is None:
+        return None
+    rows = args.rows or default_shapes[0][0]
+    cols = args.cols or sorted({cols for _, cols in default_shapes})
+    return [(rows, n_cols) for n_cols in cols]
+
+
+def _print_lines(lines) -> None:
+    for line in lines:
+        print(line)
+    sys.stdout.flush()
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+        if _kernels_defined_for_gpu():
+            return _rerun_interpreted(argv)
+
+    from fastformer.benchmarks import device as devices
+    from fastformer.benchmarks import norm, report, runner
+
+    device = devices.default_device()
+    dtypes = [getattr(torch, name) for name in args.dtype] if args.dtype else [norm.DEFAULT_DTYPE]
+    cases = norm.norm_cases(
+        device,
+        ops=args.op or BENCH_OPS,
+        dtypes=dtypes,
+        shapes=_shapes(args, norm.default_shapes(device)),
+    )
+    providers = runner.default_providers(device, include_compile=args.compile)
+    if device.type != "cuda":
+        _print_lines([CPU_BANNER, ""])
+    started = time.perf_counter()
+    env = devices.environment(device)
+    _print_lines(report.header_lines(env))
+    rows = runner.run_cases(
+        cases,
+        modes=args.mode or MODES,
+        providers=providers,
+        device=device,
+        env=env,
+        on_rows=lambda rows: _print_lines(report.row_lines(rows)),
+    )
+    n_failed = sum(not row.ok for row in rows)
+    summary = f"{len(rows)} rows, {n_failed} failed, in {time.perf_counter() - started:.0f} s"
+    if device.type != "cuda":
+        summary += " (Triton interpreter on CPU: NOT GPU performance)"
+    _print_lines(["", summary])
+    if args.json:
+        report.write_json(args.json, env, rows)
+        print(f"wrote {args.json}")
+    if args.csv:
+        report.write_csv(args.csv, env, rows)
+        print(f"wrote {args.csv}")
+    return EXIT_FAILED if n_failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args, argv)
