@@ -1,6 +1,29 @@
-"""fastformer: transformer parts on custom Triton kernels."""
+"""fastformer: transformer parts on custom Triton kernels.
 
-from fastformer.functional import layer_norm, rms_norm
+The public ops load on first use (``fastformer.layer_norm``), not at ``import fastformer``: the
+kernels are defined then, so a caller (the command line, a test suite) can still choose Triton's
+interpreter by setting ``TRITON_INTERPRET=1`` after importing the package.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["layer_norm", "rms_norm"]
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "layer_norm": "fastformer.functional",
+    "rms_norm": "fastformer.functional",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fastformer' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -4,10 +4,8 @@
 and prints a table; it exits with 1 when any provider fails its correctness check.
 
 Without a CUDA device the kernels have to run in Triton's interpreter, which is chosen when the
-kernels are defined, so ``TRITON_INTERPRET=1`` is set before anything imports them (the
-benchmark modules are imported inside the command). If they were already defined for a GPU (the
-package's ``__init__`` imports them), the command runs itself again in a fresh interpreter
-process with the variable set.
+kernels are defined, so ``TRITON_INTERPRET=1`` is set before anything imports them (``import
+fastformer`` defines no kernel; the benchmark modules are imported inside the command).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import time
 
@@ -26,8 +23,6 @@ logger = logging.getLogger(__name__)
 # The ops of the norm suite (fastformer.benchmarks.norm.OPS; a test keeps the two equal).
 BENCH_OPS = ("layer_norm", "rms_norm")
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
-# Set in the environment of the re-run process, so that it never re-runs itself again.
-RELAUNCHED_ENV = "FASTFORMER_CLI_RELAUNCHED"
 EXIT_OK = 0
 EXIT_FAILED = 1
 CPU_BANNER = (
@@ -87,20 +82,6 @@ def _kernels_defined_for_gpu() -> bool:
     )
 
 
-def _rerun_interpreted(argv: list[str]) -> int:
-    if os.environ.get(RELAUNCHED_ENV):
-        print(
-            "error: fastformer's kernels are still defined for a GPU with TRITON_INTERPRET=1",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    env = {**os.environ, "TRITON_INTERPRET": "1", RELAUNCHED_ENV: "1"}
-    command = [sys.executable, "-m", "fastformer", *argv]
-    logger.info("kernels were defined for a GPU; running again interpreted: %s", command)
-    sys.stdout.flush()
-    return subprocess.run(command, env=env, check=False).returncode
-
-
 def _shapes(args, default_shapes):
     if args.rows is None and args.cols is None:
         return None
@@ -121,7 +102,12 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
         if _kernels_defined_for_gpu():
-            return _rerun_interpreted(argv)
+            print(
+                "error: no CUDA device, and fastformer's kernels were already defined for a GPU "
+                "in this process; run `fastformer bench` in a fresh process",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
 
     from fastformer.benchmarks import device as devices
     from fastformer.benchmarks import norm, report, runner
