@@ -16,14 +16,17 @@ _EXPORTS = {
     "layer_norm": "fastformer.functional",
     "rms_norm": "fastformer.functional",
 }
-__all__ = list(_EXPORTS)
+_SUBMODULES = ("functional", "nn", "reference", "testing")
+__all__ = [*_EXPORTS, *_SUBMODULES]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fastformer.{name}")
     raise AttributeError(f"module 'fastformer' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *__all__])

@@ -26,8 +26,8 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, residual=None):
     input dtype.
     """
     h = x if residual is None else x + residual
-    if eps is None:
-        eps = torch.finfo(h.dtype).eps
+    if eps is None:  # torch's default: the epsilon of the dtype it computes in
+        eps = torch.finfo(torch.float64 if h.dtype == torch.float64 else torch.float32).eps
     dims = tuple(range(-len(tuple(normalized_shape)), 0))
     compute = h if h.dtype == torch.float64 else h.float()
     out = compute * torch.rsqrt(compute.pow(2).mean(dim=dims, keepdim=True) + eps)

@@ -3,6 +3,9 @@ what was expected, and is raised before any kernel launch."""
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
+
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -15,6 +18,9 @@ def _dtype_names(dtypes) -> str:
 def check_tensor(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided or value.is_nested:
+        layout = "nested" if value.is_nested else value.layout
+        raise TypeError(f"{name}.layout={layout} is not supported; expected torch.strided")
     return value
 
 
@@ -59,15 +65,7 @@ def check_param(
 
 def check_normalized_shape(normalized_shape, x: torch.Tensor) -> tuple[int, ...]:
     """``normalized_shape`` as a tuple, checked against the last dims of ``x``."""
-    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
-        normalized_shape = (normalized_shape,)
-    if isinstance(normalized_shape, (str, bytes)) or not all(
-        isinstance(size, int) and not isinstance(size, bool) for size in normalized_shape
-    ):
-        raise TypeError(
-            f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
-        )
-    shape = tuple(normalized_shape)
+    shape = _as_shape(normalized_shape)
     if not shape:
         raise ValueError("normalized_shape=() is empty; expected at least one dim")
     if len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape) :]) != shape:
@@ -75,6 +73,29 @@ def check_normalized_shape(normalized_shape, x: torch.Tensor) -> tuple[int, ...]
             f"normalized_shape={shape} does not match the last dims of x.shape={tuple(x.shape)}"
         )
     return shape
+
+
+def _as_index(value) -> int | None:
+    """``value`` as an int when it is an integer scalar (int, numpy int, 0-d int tensor)."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dim() != 0):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _as_shape(normalized_shape) -> tuple[int, ...]:
+    single = _as_index(normalized_shape)
+    if single is not None:
+        return (single,)
+    expected = "an int or a sequence of ints"
+    if isinstance(normalized_shape, (str, bytes)) or not isinstance(normalized_shape, Sequence):
+        raise TypeError(f"normalized_shape must be {expected}, got {normalized_shape!r}")
+    sizes = [_as_index(size) for size in normalized_shape]
+    if any(size is None for size in sizes):
+        raise TypeError(f"normalized_shape must be {expected}, got {normalized_shape!r}")
+    return tuple(sizes)
 
 
 def check_eps(eps) -> float:

@@ -27,7 +27,9 @@ class _NormFunction(torch.autograd.Function):
         res_rows = _runtime.as_rows(residual, n_norm_dims) if residual is not None else None
         w1d = weight.reshape(-1) if weight is not None else None
         b1d = bias.reshape(-1) if bias is not None else None
-        y, h, mean, rstd = norm_fwd(x_rows, w1d, b1d, eps, is_rms=is_rms, residual=res_rows)
+        y, h, mean, rstd = norm_fwd(
+            x_rows, w1d, b1d, eps, is_rms=is_rms, residual=res_rows, out_shape=x.shape
+        )
         # Save the rows' tensor (x itself, its one copy, or h), not x: no second copy later.
         ctx.save_for_backward(h if h is not None else x_rows.tensor, weight, mean, rstd)
         ctx.is_rms = is_rms
@@ -37,9 +39,8 @@ class _NormFunction(torch.autograd.Function):
         ctx.bias_shape = bias.shape if bias is not None else None
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.shape = x.shape
-        if h is None:
-            return y.view(x.shape)
-        return y.view(x.shape), h.view(x.shape)
+        # y and h are created in x's shape, not viewed into it: in-place ops on them stay legal.
+        return y if h is None else (y, h)
 
     @staticmethod
     @once_differentiable
@@ -49,7 +50,7 @@ class _NormFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         dx2d, dw, db = norm_bwd(
             _runtime.as_rows(dy, n_norm_dims),
-            _runtime.as_rows(saved_x, 1 if ctx.has_residual else n_norm_dims),
+            _runtime.as_rows(saved_x, n_norm_dims),
             weight.reshape(-1) if weight is not None else None,
             mean,
             rstd,
@@ -65,6 +66,9 @@ class _NormFunction(torch.autograd.Function):
         return dx if needs[0] else None, dres, dweight, dbias, None, None, None
 
 
+# torch.compile runs these ops eagerly (a graph break) instead of tracing into Triton's launcher,
+# which it cannot do under the interpreter; registering them as custom ops removes the break.
+@torch.compiler.disable
 def _norm(x, normalized_shape, weight, bias, eps, residual, is_rms):
     _checks.check_tensor("x", x)
     _checks.check_float_dtype("x", x)
@@ -109,9 +113,10 @@ def rms_norm(
 ):
     """``torch.nn.functional.rms_norm`` on fastformer's kernel.
 
-    ``eps=None`` means ``torch.finfo(x.dtype).eps``, as in torch. Other arguments and the
+    ``eps=None`` means fp32's epsilon for every supported dtype, as in torch (which takes the
+    epsilon of the dtype it computes in, fp32 for fp16 and bf16 too). Other arguments and the
     return value as in :func:`layer_norm` (there is no bias).
     """
-    if eps is None and isinstance(x, torch.Tensor) and x.dtype.is_floating_point:
-        eps = torch.finfo(x.dtype).eps
+    if eps is None:
+        eps = torch.finfo(torch.float32).eps
     return _norm(x, normalized_shape, weight, None, eps, residual, is_rms=True)

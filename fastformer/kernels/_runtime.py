@@ -23,6 +23,9 @@ PROGRAMS_PER_SM = 2
 # The interpreter runs programs one after another, so more of them only adds Python overhead.
 INTERPRETER_PROGRAMS = 4
 
+# Column offsets inside a row must stay below this (they are int32 in the kernels).
+INT32_LIMIT = 2**31
+
 _poison_outputs = False
 
 
@@ -121,7 +124,9 @@ def as_rows(tensor: torch.Tensor, n_tail_dims: int) -> Rows:
     n_cols = math.prod(tensor.shape[lead:])
     row_groups = _fold(tensor.shape[:lead], tensor.stride()[:lead])
     col_groups = _fold(tensor.shape[lead:], tensor.stride()[lead:])
-    if len(row_groups) > 2 or len(col_groups) > 1:
+    # Column offsets are int32 in the kernels (int64 would cost registers on every element).
+    col_span = (n_cols - 1) * abs(col_groups[0][1]) if len(col_groups) == 1 else 0
+    if len(row_groups) > 2 or len(col_groups) > 1 or col_span >= INT32_LIMIT:
         tensor = tensor.contiguous()
         row_groups = [(n_rows, n_cols)]
         col_groups = [(n_cols, 1)]

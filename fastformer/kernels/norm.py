@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from fastformer.kernels import _runtime
+from fastformer.kernels._jit import rounded_for_store
 
 # Widest row held in registers whole (elements); wider rows take the looping kernels. Read off
 # the sm_90 compile (registers and stack per config, bf16, 16 warps): the forward holds 16384
@@ -86,6 +87,7 @@ def _norm_fwd_kernel(
     HAS_RES: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    BF16_RNE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -105,14 +107,18 @@ def _norm_fwd_kernel(
             res_ptr + res_rows[:, None] + offs_n[None, :] * stride_res_col, mask=mask, other=0.0
         )
         # Round the sum to the storage dtype first: the norm sees what eager's `x + r` holds.
-        x = (x.to(tl.float32) + res.to(tl.float32)).to(h_ptr.dtype.element_ty)
+        h = rounded_for_store(x.to(tl.float32) + res.to(tl.float32), BF16_RNE)
+        x = h.to(h_ptr.dtype.element_ty)
         tl.store(h_ptr + offs_m[:, None] * stride_h_row + offs_n[None, :], x, mask=mask)
     x = x.to(tl.float32)
 
     if IS_RMS:
         xc = x
     else:
-        mean = tl.sum(x, axis=1) / n_cols
+        # Sum x - x[:, 0], not x: a constant row then has a mean equal to its value exactly.
+        pivot = tl.sum(tl.where(offs_n[None, :] == 0, x, 0.0), axis=1)
+        shifted = tl.where(mask, x - pivot[:, None], 0.0)
+        mean = pivot + tl.sum(shifted, axis=1) / n_cols
         xc = tl.where(mask, x - mean[:, None], 0.0)
         tl.store(mean_ptr + offs_m, mean, mask=mask_m)
     var = tl.sum(xc * xc, axis=1) / n_cols
@@ -126,6 +132,7 @@ def _norm_fwd_kernel(
     if HAS_BIAS:
         b = tl.load(b_ptr + offs_n * stride_b_col, mask=mask_n, other=0.0).to(tl.float32)
         y = y + b[None, :]
+    y = rounded_for_store(y, BF16_RNE)
     tl.store(y_ptr + offs_m[:, None] * stride_y_row + offs_n[None, :], y, mask=mask)
 
 
@@ -158,6 +165,7 @@ def _norm_fwd_long_row_kernel(
     HAS_RES: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    BF16_RNE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Normalise one row of any width in chunks of BLOCK_N; pointers as in _norm_fwd_kernel."""
@@ -167,7 +175,12 @@ def _norm_fwd_long_row_kernel(
     h_row = h_ptr + row * stride_h_row
     y_row = y_ptr + row * stride_y_row
 
-    # Pass 1: statistics, merging each chunk's mean and M2 into the running ones.
+    # Pass 1: statistics, merging each chunk's mean and M2 into the running ones. Values are
+    # shifted by the row's first element, so that a constant row's mean is exact.
+    pivot = tl.load(x_row).to(tl.float32)
+    if HAS_RES:
+        pivot = rounded_for_store(pivot + tl.load(res_row).to(tl.float32), BF16_RNE)
+        pivot = pivot.to(h_ptr.dtype.element_ty).to(tl.float32)
     count = 0.0
     mean = 0.0
     m2 = 0.0
@@ -177,12 +190,14 @@ def _norm_fwd_long_row_kernel(
         x = tl.load(x_row + offs_n * stride_x_col, mask=mask_n, other=0.0)
         if HAS_RES:
             res = tl.load(res_row + offs_n * stride_res_col, mask=mask_n, other=0.0)
-            x = (x.to(tl.float32) + res.to(tl.float32)).to(h_ptr.dtype.element_ty)
+            h = rounded_for_store(x.to(tl.float32) + res.to(tl.float32), BF16_RNE)
+            x = h.to(h_ptr.dtype.element_ty)
             tl.store(h_row + offs_n, x, mask=mask_n)
         x = x.to(tl.float32)
         if IS_RMS:
             m2 += tl.sum(x * x, axis=0)
         else:
+            x = tl.where(mask_n, x - pivot, 0.0)
             chunk_count = tl.minimum(n_cols - start, BLOCK_N).to(tl.float32)
             chunk_mean = tl.sum(x, axis=0) / chunk_count
             centred = tl.where(mask_n, x - chunk_mean, 0.0)
@@ -192,6 +207,7 @@ def _norm_fwd_long_row_kernel(
             mean += delta * (chunk_count / total)
             m2 += chunk_m2 + delta * delta * (count * chunk_count / total)
             count = total
+    mean += pivot
     rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
     tl.store(rstd_ptr + row, rstd)
     if not IS_RMS:
@@ -218,7 +234,7 @@ def _norm_fwd_long_row_kernel(
         if HAS_BIAS:
             b = tl.load(b_ptr + offs_n * stride_b_col, mask=mask_n, other=0.0).to(tl.float32)
             y = y + b
-        tl.store(y_row + offs_n, y, mask=mask_n)
+        tl.store(y_row + offs_n, rounded_for_store(y, BF16_RNE), mask=mask_n)
 
 
 @triton.jit
@@ -254,6 +270,7 @@ def _norm_bwd_kernel(
     HAS_WEIGHT: tl.constexpr,
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
+    BF16_RNE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -305,6 +322,7 @@ def _norm_bwd_kernel(
                 dh_ptr + dh_rows[:, None] + offs_n[None, :] * stride_dh_col, mask=mask, other=0.0
             )
             dx += dh.to(tl.float32)
+        dx = rounded_for_store(dx, BF16_RNE)
         tl.store(dx_ptr + offs_m[:, None] * stride_dx_row + offs_n[None, :], dx, mask=mask)
 
         if COMPUTE_DW:
@@ -351,6 +369,7 @@ def _norm_bwd_long_row_kernel(
     HAS_WEIGHT: tl.constexpr,
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
+    BF16_RNE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """As _norm_bwd_kernel for rows of any width, one row at a time in chunks of BLOCK_N."""
@@ -405,6 +424,7 @@ def _norm_bwd_long_row_kernel(
             if HAS_DH:
                 dh = tl.load(dh_row + offs_n * stride_dh_col, mask=mask_n, other=0.0)
                 dx += dh.to(tl.float32)
+            dx = rounded_for_store(dx, BF16_RNE)
             tl.store(dx_ptr + row * stride_dx_row + offs_n, dx, mask=mask_n)
             if COMPUTE_DW:
                 dw = tl.load(dw_row + offs_n, mask=mask_n, other=0.0)
@@ -426,6 +446,11 @@ def _long_row_warps() -> int:
     return min(max(LONG_ROW_BLOCK // ELEMENTS_PER_WARP, 1), MAX_WARPS)
 
 
+def _software_bf16_rounding(kernel, dtype: torch.dtype) -> bool:
+    """Whether stores must round to bf16 in software (the interpreter truncates)."""
+    return dtype == torch.bfloat16 and _runtime.is_interpreted(kernel)
+
+
 def norm_fwd(
     x: _runtime.Rows,
     weight: torch.Tensor | None,
@@ -434,6 +459,7 @@ def norm_fwd(
     *,
     is_rms: bool,
     residual: _runtime.Rows | None = None,
+    out_shape: tuple[int, ...] | None = None,
 ):
     """Normalise each row of ``x``.
 
@@ -441,17 +467,20 @@ def norm_fwd(
         x: rows (n_rows, n_cols) of an fp32/fp16/bf16 tensor, any layout (``_runtime.as_rows``).
         weight, bias: (n_cols,) or None; bias is ignored when ``is_rms``.
         residual: rows like ``x``, same dtype, or None.
+        out_shape: the shape of y and h (contiguous, n_rows * n_cols elements); default
+            (n_rows, n_cols).
     Returns:
-        y: (n_rows, n_cols) contiguous, x's dtype.
-        h: x + residual, (n_rows, n_cols) contiguous, or None without a residual.
+        y: out_shape, contiguous, x's dtype.
+        h: x + residual, like y, or None without a residual.
         mean: (n_rows,) fp32, or None for RMSNorm.
         rstd: (n_rows,) fp32.
     Nothing is written in place.
     """
     n_rows, n_cols = x.n_rows, x.n_cols
     dtype, device = x.tensor.dtype, x.tensor.device
-    y = _runtime.empty((n_rows, n_cols), dtype=dtype, device=device)
-    h = _runtime.empty((n_rows, n_cols), dtype=dtype, device=device) if residual else None
+    out_shape = out_shape if out_shape is not None else (n_rows, n_cols)
+    y = _runtime.empty(out_shape, dtype=dtype, device=device)
+    h = _runtime.empty(out_shape, dtype=dtype, device=device) if residual else None
     mean = None if is_rms else _runtime.empty((n_rows,), dtype=torch.float32, device=device)
     rstd = _runtime.empty((n_rows,), dtype=torch.float32, device=device)
     if n_rows == 0 or n_cols == 0:
@@ -473,8 +502,8 @@ def norm_fwd(
         *res.layout_args(),
         weight.stride(0) if weight is not None else 0,
         bias.stride(0) if bias is not None else 0,
-        y.stride(0),
-        h.stride(0) if h is not None else 0,
+        n_cols,  # y and h are contiguous
+        n_cols,
         eps,
     )
     flags = dict(
@@ -482,6 +511,7 @@ def norm_fwd(
         HAS_RES=residual is not None,
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None and not is_rms,
+        BF16_RNE=_software_bf16_rounding(_norm_fwd_kernel, dtype),
     )
     if n_cols <= MAX_FUSED_COLS:
         _runtime.check_runnable(_norm_fwd_kernel, "x", x.tensor)
@@ -574,6 +604,7 @@ def norm_bwd(
         HAS_WEIGHT=weight is not None,
         COMPUTE_DW=compute_dw,
         COMPUTE_DB=compute_db,
+        BF16_RNE=_software_bf16_rounding(kernel, dtype),
     )
     blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n) if fused else dict(BLOCK_N=block_n)
     kernel[(n_programs,)](*args, **flags, **blocks, num_warps=num_warps)
