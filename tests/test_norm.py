@@ -121,3 +121,12 @@ def test_fp32_parameters_with_low_precision_input(check, device, op, dtype):
         lambda x, w, b: _call(ref, op, (200,), 1e-5, x, None, w, b),
         leaves,
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n_cols", [1024, 4096, 8192, 16384, 65536])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op", OPS)
+def test_realistic_sizes_on_gpu(check, device, op, dtype, n_cols):
+    """The benchmark's shapes (4096 rows), every path: fused, wide fused and looping rows."""
+    _check_norm(check, op, (4096, n_cols), 1, dtype, device, residual=True, affine=True)
