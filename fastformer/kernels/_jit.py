@@ -24,3 +24,10 @@ def rounded_for_store(x, BF16_RNE: tl.constexpr):
         rounded = (bits & _BF16_KEEP_MASK).to(tl.float32, bitcast=True)
         return tl.where(x != x, x, rounded)
     return x
+
+
+@triton.jit
+def row_offset(rows, rows_inner, stride_outer, stride_inner):
+    """Offset of each row's first element, for rows addressed through two row strides
+    (``_runtime.Rows``)."""
+    return (rows // rows_inner) * stride_outer + (rows % rows_inner) * stride_inner

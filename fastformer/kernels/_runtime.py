@@ -48,6 +48,11 @@ def is_interpreted(kernel) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
+def software_bf16_rounding(kernel, dtype: torch.dtype) -> bool:
+    """Whether ``kernel``'s bf16 stores must round in software (the interpreter truncates)."""
+    return dtype == torch.bfloat16 and is_interpreted(kernel)
+
+
 def check_runnable(kernel, name: str, tensor: torch.Tensor) -> None:
     """Raise before a launch when ``kernel`` cannot run on ``tensor``'s device."""
     device = tensor.device

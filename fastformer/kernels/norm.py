@@ -18,15 +18,14 @@ Design:
 - The backward runs a persistent grid: each program owns a contiguous band of rows, accumulates
   dweight and dbias for its band in fp32, and writes one partial row; the partial rows are summed
   by ``torch.sum`` afterwards. No atomics and no locks: the result is the same on every run.
-  The looping backward adds each row into its program's partial row (read-modify-write of a
-  row that only that program touches), which costs extra traffic on rows above 8192.
+  The looping backward adds each row into its program's own partial row (read-modify-write:
+  extra traffic on rows above 8192).
 
 Backward (x̂ = (h - mean) * rstd, g = weight * dy, n = number of columns):
     dh = rstd * (g - x̂ * mean(g * x̂) - mean(g))     LayerNorm
     dh = rstd * (g - x̂ * mean(g * x̂))               RMSNorm (x̂ = h * rstd)
     dweight = Σ_rows dy * x̂,  dbias = Σ_rows dy
-With a residual, the gradient flowing into the ``h`` output is added to dh, and both x and the
-residual receive that sum.
+With a residual, the gradient arriving on ``h`` is added to dh; x and the residual get the sum.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import triton
 import triton.language as tl
 
 from fastformer.kernels import _runtime
-from fastformer.kernels._jit import rounded_for_store
+from fastformer.kernels._jit import rounded_for_store, row_offset
 
 # Widest row held in registers whole (elements); wider rows take the looping kernels. Read off
 # the sm_90 compile (registers and stack per config, bf16, 16 warps): the forward holds 16384
@@ -50,12 +49,6 @@ TILE_ELEMENTS = 4096
 # Elements per warp when sizing num_warps (8 fp32 values per thread).
 ELEMENTS_PER_WARP = 256
 MAX_WARPS = 16
-
-
-@triton.jit
-def _row_start(rows, rows_inner, stride_outer, stride_inner):
-    """Offset of each row's first element, for rows addressed through two row strides."""
-    return (rows // rows_inner) * stride_outer + (rows % rows_inner) * stride_inner
 
 
 @triton.jit
@@ -99,10 +92,10 @@ def _norm_fwd_kernel(
     mask_n = offs_n < n_cols
     mask = mask_m[:, None] & mask_n[None, :]
 
-    x_rows = _row_start(offs_m, x_rows_inner, stride_x_outer, stride_x_inner)
+    x_rows = row_offset(offs_m, x_rows_inner, stride_x_outer, stride_x_inner)
     x = tl.load(x_ptr + x_rows[:, None] + offs_n[None, :] * stride_x_col, mask=mask, other=0.0)
     if HAS_RES:
-        res_rows = _row_start(offs_m, res_rows_inner, stride_res_outer, stride_res_inner)
+        res_rows = row_offset(offs_m, res_rows_inner, stride_res_outer, stride_res_inner)
         res = tl.load(
             res_ptr + res_rows[:, None] + offs_n[None, :] * stride_res_col, mask=mask, other=0.0
         )
@@ -170,8 +163,8 @@ def _norm_fwd_long_row_kernel(
 ):
     """Normalise one row of any width in chunks of BLOCK_N; pointers as in _norm_fwd_kernel."""
     row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + _row_start(row, x_rows_inner, stride_x_outer, stride_x_inner)
-    res_row = res_ptr + _row_start(row, res_rows_inner, stride_res_outer, stride_res_inner)
+    x_row = x_ptr + row_offset(row, x_rows_inner, stride_x_outer, stride_x_inner)
+    res_row = res_ptr + row_offset(row, res_rows_inner, stride_res_outer, stride_res_inner)
     h_row = h_ptr + row * stride_h_row
     y_row = y_ptr + row * stride_y_row
 
@@ -291,8 +284,8 @@ def _norm_bwd_kernel(
         mask_m = offs_m < row_end
         mask = mask_m[:, None] & mask_n[None, :]
 
-        dy_rows = _row_start(offs_m, dy_rows_inner, stride_dy_outer, stride_dy_inner)
-        x_rows = _row_start(offs_m, x_rows_inner, stride_x_outer, stride_x_inner)
+        dy_rows = row_offset(offs_m, dy_rows_inner, stride_dy_outer, stride_dy_inner)
+        x_rows = row_offset(offs_m, x_rows_inner, stride_x_outer, stride_x_inner)
         dy = tl.load(
             dy_ptr + dy_rows[:, None] + offs_n[None, :] * stride_dy_col, mask=mask, other=0.0
         )
@@ -317,7 +310,7 @@ def _norm_bwd_kernel(
             c2 = tl.sum(g, axis=1) / n_cols
             dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
         if HAS_DH:
-            dh_rows = _row_start(offs_m, dh_rows_inner, stride_dh_outer, stride_dh_inner)
+            dh_rows = row_offset(offs_m, dh_rows_inner, stride_dh_outer, stride_dh_inner)
             dh = tl.load(
                 dh_ptr + dh_rows[:, None] + offs_n[None, :] * stride_dh_col, mask=mask, other=0.0
             )
@@ -380,9 +373,9 @@ def _norm_bwd_long_row_kernel(
     db_row = db_partial_ptr + pid * n_cols
 
     for row in range(row_start, row_end):
-        dy_row = dy_ptr + _row_start(row, dy_rows_inner, stride_dy_outer, stride_dy_inner)
-        x_row = x_ptr + _row_start(row, x_rows_inner, stride_x_outer, stride_x_inner)
-        dh_row = dh_ptr + _row_start(row, dh_rows_inner, stride_dh_outer, stride_dh_inner)
+        dy_row = dy_ptr + row_offset(row, dy_rows_inner, stride_dy_outer, stride_dy_inner)
+        x_row = x_ptr + row_offset(row, x_rows_inner, stride_x_outer, stride_x_inner)
+        dh_row = dh_ptr + row_offset(row, dh_rows_inner, stride_dh_outer, stride_dh_inner)
         rstd = tl.load(rstd_ptr + row)
         mean = 0.0
         if not IS_RMS:
@@ -442,13 +435,8 @@ def _fused_config(n_cols: int) -> tuple[int, int, int]:
     return block_m, block_n, num_warps
 
 
-def _long_row_warps() -> int:
+def _long_row_warps() -> int:  # the looping kernels' chunk sizes their warps
     return min(max(LONG_ROW_BLOCK // ELEMENTS_PER_WARP, 1), MAX_WARPS)
-
-
-def _software_bf16_rounding(kernel, dtype: torch.dtype) -> bool:
-    """Whether stores must round to bf16 in software (the interpreter truncates)."""
-    return dtype == torch.bfloat16 and _runtime.is_interpreted(kernel)
 
 
 def norm_fwd(
@@ -511,7 +499,7 @@ def norm_fwd(
         HAS_RES=residual is not None,
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None and not is_rms,
-        BF16_RNE=_software_bf16_rounding(_norm_fwd_kernel, dtype),
+        BF16_RNE=_runtime.software_bf16_rounding(_norm_fwd_kernel, dtype),
     )
     if n_cols <= MAX_FUSED_COLS:
         _runtime.check_runnable(_norm_fwd_kernel, "x", x.tensor)
@@ -604,7 +592,7 @@ def norm_bwd(
         HAS_WEIGHT=weight is not None,
         COMPUTE_DW=compute_dw,
         COMPUTE_DB=compute_db,
-        BF16_RNE=_software_bf16_rounding(kernel, dtype),
+        BF16_RNE=_runtime.software_bf16_rounding(kernel, dtype),
     )
     blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n) if fused else dict(BLOCK_N=block_n)
     kernel[(n_programs,)](*args, **flags, **blocks, num_warps=num_warps)
