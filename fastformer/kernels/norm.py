@@ -42,10 +42,8 @@ from fastformer.kernels._jit import rounded_for_store, row_offset
 # columns with no spill, the backward (more live vectors) 8192; one step wider spills.
 MAX_FUSED_COLS = 16384
 MAX_FUSED_COLS_BWD = 8192
-# Chunk width of the looping kernels (elements).
-LONG_ROW_BLOCK = 4096
-# Elements one program of the fused kernels handles at once (rows stacked up to this).
-TILE_ELEMENTS = 4096
+LONG_ROW_BLOCK = 4096  # chunk width of the looping kernels (elements)
+TILE_ELEMENTS = 4096  # elements a fused program handles at once (narrow rows stacked up to it)
 # Elements per warp when sizing num_warps (8 fp32 values per thread).
 ELEMENTS_PER_WARP = 256
 MAX_WARPS = 16
