@@ -1,9 +1,4 @@
-"""Eager PyTorch references of every fastformer op, shared by tests and benchmarks.
-
-Each reference computes in the dtype of its inputs: tests call it on float64 copies for the
-ground truth and on the kernel's dtype for eager PyTorch's own error; benchmarks time it as the
-eager provider. Signatures and return values match the public ops.
-"""
+"""Eager references of the norms (see ``fastformer.reference``)."""
 
 from __future__ import annotations
 

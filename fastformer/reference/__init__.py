@@ -1,0 +1,10 @@
+"""Eager PyTorch references of every fastformer op, shared by tests and benchmarks.
+
+Each reference computes in the dtype of its inputs: tests call it on float64 copies for the
+ground truth and on the kernel's dtype for eager PyTorch's own error; benchmarks time it as the
+eager provider. Signatures and return values match the public ops. One module per op family.
+"""
+
+from fastformer.reference.norm import layer_norm, rms_norm
+
+__all__ = ["layer_norm", "rms_norm"]
