@@ -2,9 +2,11 @@
 
 A kernel's result passes when, against a float64 reference computed on upcast inputs, its largest
 error is at most ``ERROR_FACTOR`` times eager PyTorch's own largest error in the same dtype, plus
-a floor of ``FLOOR_ULPS`` units of the dtype's precision times the reference's magnitude (the
-floor keeps a result from failing where eager happens to be exact). NaN never passes where the
-reference is a number, and a number never passes where the reference is NaN.
+a floor of ``FLOOR_ULPS`` units of the dtype's precision times the problem's magnitude: the
+largest reference value among all the outputs and gradients compared together, and at least 1
+(the floor keeps a result from failing where eager happens to be exact, or where a quantity
+cancels to zero from larger terms, as the gradient through a single key does). NaN never passes
+where the reference is a number, and a number never passes where the reference is NaN.
 """
 
 from __future__ import annotations
@@ -45,9 +47,14 @@ def _max_abs(a: torch.Tensor) -> float:
 
 
 def compare(
-    name: str, actual: torch.Tensor, expected: torch.Tensor, eager: torch.Tensor
+    name: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    eager: torch.Tensor,
+    scale: float = 1.0,
 ) -> Comparison:
-    """Apply the rule to ``actual`` (kernel, its dtype), ``expected`` (float64), ``eager``."""
+    """Apply the rule to ``actual`` (kernel, its dtype), ``expected`` (float64), ``eager``;
+    ``scale`` is the problem's magnitude (the floor uses the larger of it and ``expected``'s)."""
     if actual.shape != expected.shape:
         return Comparison(name, float("inf"), 0.0, 0.0, False, f"shape {tuple(actual.shape)} ")
     actual64, eager64, expected = actual.double(), eager.double(), expected.double()
@@ -61,7 +68,7 @@ def compare(
     diff = (actual64 - expected)[finite]
     eager_diff = (eager64 - expected)[finite]
     error, eager_error = _max_abs(diff), _max_abs(eager_diff)
-    scale = max(_max_abs(expected[finite]), torch.finfo(torch.float32).tiny)
+    scale = max(_max_abs(expected[finite]), scale, 1.0)
     floor = FLOOR_ULPS * torch.finfo(actual.dtype).eps * scale
     bound = ERROR_FACTOR * eager_error + floor
     return Comparison(name, error, eager_error, bound, error <= bound)
@@ -104,14 +111,36 @@ def check_against_reference(
     ref_out = _as_tuple(reference_fn(*ref_leaves))
     eager_out = _as_tuple(reference_fn(*eager_leaves))
 
-    results = [
-        compare(f"output[{i}]", k, r, e)
+    triples = [
+        (f"output[{i}]", k, r, e)
         for i, (k, r, e) in enumerate(zip(kernel_out, ref_out, eager_out, strict=True))
     ]
     grad_index = [i for i, leaf in enumerate(leaves) if getattr(leaf, "requires_grad", False)]
-    if not grad_index:
-        return results
+    if grad_index:
+        triples += _gradient_triples(
+            kernel_out, ref_out, eager_out, kernel_leaves, ref_leaves, eager_leaves,
+            grad_index, grad_output_fn, names or [f"arg{i}" for i in range(len(leaves))],
+        )  # fmt: skip
+    # The problem's magnitude: the largest finite reference value of any output or gradient.
+    finite_refs = [r[torch.isfinite(r)] for _, _, r, _ in triples if r is not None]
+    scale = max((_max_abs(r) for r in finite_refs), default=1.0)
+    results = []
+    for name, k, r, e in triples:
+        if k is None and r is None and e is None:
+            continue  # the leaf takes no part in this call (an unused optional input)
+        if k is None or r is None or e is None:
+            missing = k is None, r is None, e is None
+            results.append(Comparison(name, float("nan"), 0.0, 0.0, False, f"{missing} "))
+            continue
+        results.append(compare(name, k, r, e, scale))
+    return results
 
+
+def _gradient_triples(
+    kernel_out, ref_out, eager_out, kernel_leaves, ref_leaves, eager_leaves,
+    grad_index, grad_output_fn, labels,
+):  # fmt: skip
+    """(name, kernel, float64, eager) gradient triples of the leaves in ``grad_index``."""
     make_grad = grad_output_fn or (lambda out: torch.randn_like(out))
     grad_outs = [make_grad(out.detach()) for out in kernel_out]
 
@@ -120,24 +149,16 @@ def check_against_reference(
         upcast = [g.to(out.dtype) for g, out in zip(grad_outs, outputs, strict=True)]
         return torch.autograd.grad(outputs, selected, upcast, allow_unused=True)
 
-    labels = names or [f"arg{i}" for i in range(len(leaves))]
-    for i, k, r, e in zip(
-        grad_index,
-        grads(kernel_out, kernel_leaves),
-        grads(ref_out, ref_leaves),
-        grads(eager_out, eager_leaves),
-        strict=True,
-    ):
-        if k is None and r is None and e is None:
-            continue  # the leaf takes no part in this call (an unused optional input)
-        if k is None or r is None or e is None:
-            missing = k is None, r is None, e is None
-            results.append(
-                Comparison(f"grad {labels[i]}", float("nan"), 0.0, 0.0, False, f"{missing} ")
-            )
-            continue
-        results.append(compare(f"grad {labels[i]}", k, r, e))
-    return results
+    return [
+        (f"grad {labels[i]}", k, r, e)
+        for i, k, r, e in zip(
+            grad_index,
+            grads(kernel_out, kernel_leaves),
+            grads(ref_out, ref_leaves),
+            grads(eager_out, eager_leaves),
+            strict=True,
+        )
+    ]
 
 
 def assert_against_reference(*args, **kwargs) -> list[Comparison]:

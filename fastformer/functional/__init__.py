@@ -1,5 +1,6 @@
 """The functional API: fastformer's public ops, with autograd."""
 
+from fastformer.functional.attention import scaled_dot_product_attention
 from fastformer.functional.norm import layer_norm, rms_norm
 
-__all__ = ["layer_norm", "rms_norm"]
+__all__ = ["scaled_dot_product_attention", "layer_norm", "rms_norm"]

@@ -5,6 +5,7 @@ ground truth and on the kernel's dtype for eager PyTorch's own error; benchmarks
 eager provider. Signatures and return values match the public ops. One module per op family.
 """
 
+from fastformer.reference.attention import scaled_dot_product_attention
 from fastformer.reference.norm import layer_norm, rms_norm
 
-__all__ = ["layer_norm", "rms_norm"]
+__all__ = ["scaled_dot_product_attention", "layer_norm", "rms_norm"]

@@ -1,0 +1,57 @@
+"""Eager reference of attention (see ``fastformer.reference``): the math, written out."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def scaled_dot_product_attention(
+    q,
+    k,
+    v,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    *,
+    causal_alignment="top_left",
+    return_lse=False,
+):
+    """Softmax(q k^T * scale + mask) v in the inputs' dtype, with fastformer's conventions:
+    rows that see no key give 0 (SDPA gives NaN there) and a log-sum-exp of -inf."""
+    if dropout_p:
+        raise NotImplementedError("the reference has no dropout")
+    unbatched = q.dim() == 3
+    if unbatched:
+        q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+        if attn_mask is not None and attn_mask.dim() == 3:
+            attn_mask = attn_mask.unsqueeze(0)
+    group = q.shape[1] // k.shape[1]
+    if group != 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    seqlen_q, seqlen_k = q.shape[2], k.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale
+    keep = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=q.device)
+    if is_causal:
+        offset = seqlen_k - seqlen_q if causal_alignment == "bottom_right" else 0
+        keep = torch.ones_like(keep).tril(diagonal=offset)
+    keep = keep.expand_as(scores)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            keep = keep & attn_mask
+        else:
+            scores = scores + attn_mask.to(scores.dtype)
+    scores = scores.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(scores.float() if scores.dtype != torch.float64 else scores, dim=-1)
+    seen = torch.isfinite(lse)[..., None]
+    # A row with no key: softmax of all -inf is NaN, and so is its gradient; give 0 instead.
+    probs = torch.softmax(scores.masked_fill(~seen, 0.0), dim=-1).masked_fill(~seen, 0.0)
+    out = probs @ v
+    if unbatched:
+        out, lse = out.squeeze(0), lse.squeeze(0)
+    return (out, lse) if return_lse else out
