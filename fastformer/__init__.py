@@ -16,6 +16,7 @@ _EXPORTS = {
     "scaled_dot_product_attention": "fastformer.functional",
     "layer_norm": "fastformer.functional",
     "rms_norm": "fastformer.functional",
+    "apply_rotary": "fastformer.functional",
 }
 _SUBMODULES = ("functional", "nn", "reference", "testing")
 __all__ = [*_EXPORTS, *_SUBMODULES]

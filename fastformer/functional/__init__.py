@@ -2,5 +2,7 @@
 
 from fastformer.functional.attention import scaled_dot_product_attention
 from fastformer.functional.norm import layer_norm, rms_norm
+from fastformer.functional.rotary import apply_rotary
 
 __all__ = ["scaled_dot_product_attention", "layer_norm", "rms_norm"]
+__all__ += ["apply_rotary"]

@@ -2,5 +2,7 @@
 their torch counterparts, so state_dicts load unchanged."""
 
 from fastformer.nn.norm import LayerNorm, RMSNorm
+from fastformer.nn.rotary import RotaryEmbedding
 
 __all__ = ["LayerNorm", "RMSNorm"]
+__all__ += ["RotaryEmbedding"]

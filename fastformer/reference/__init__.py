@@ -7,5 +7,7 @@ eager provider. Signatures and return values match the public ops. One module pe
 
 from fastformer.reference.attention import scaled_dot_product_attention
 from fastformer.reference.norm import layer_norm, rms_norm
+from fastformer.reference.rotary import apply_rotary
 
 __all__ = ["scaled_dot_product_attention", "layer_norm", "rms_norm"]
+__all__ += ["apply_rotary"]
