@@ -33,6 +33,7 @@ yet (both raise in the functional layer).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -429,16 +430,41 @@ def _attn_bwd_dq_kernel(
     tl.store(dq_ptr + out_offsets, rounded_for_store(dq * sm_scale, BF16_RNE), mask=tile_md)
 
 
-def _config(head_dim: int, kernel) -> dict:
-    """Block sizes and warps. Under the interpreter small tiles cost least (no padding waste)."""
+@dataclass(frozen=True)
+class _Tile:
+    block_m: int  # query rows per tile
+    block_n: int  # keys per tile
+    num_warps: int
+    num_stages: int
+
+
+# Tiles per kernel and head-dim bucket, read off the sm_90 compile (bf16, causal): each is the
+# largest tried that keeps 0 bytes of stack (no spills), wgmma where head_dim <= 128. At 256 no
+# backward tile with wgmma avoided spills, so the backward takes 32 x 32 (mma.sync) there.
+_TILES = {
+    "fwd": {64: _Tile(128, 64, 8, 2), 128: _Tile(128, 64, 8, 2), 256: _Tile(64, 32, 8, 1)},
+    "dkdv": {64: _Tile(32, 64, 8, 2), 128: _Tile(32, 64, 8, 2), 256: _Tile(32, 32, 8, 1)},
+    "dq": {64: _Tile(64, 64, 4, 2), 128: _Tile(64, 64, 8, 2), 256: _Tile(32, 32, 8, 1)},
+}
+
+
+def _config(head_dim: int, kernel, which: str) -> dict:
+    """Launch parameters of ``which`` kernel ("fwd", "dkdv", "dq") for ``head_dim``."""
     block_d = max(MIN_BLOCK, triton.next_power_of_2(head_dim))
+    tile = _TILES[which][max(block_d, 64)]
     if _runtime.is_interpreted(kernel):
-        return dict(BLOCK_M=MIN_BLOCK, BLOCK_N=MIN_BLOCK, BLOCK_D=block_d, num_warps=4)
-    if block_d <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
-    if block_d <= 128:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
-    return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
+        # The interpreter pays for padded work, not launches: small tiles, with the GPU tile's
+        # shape (which side is longer), so that tests walk the same block arithmetic.
+        long_m = tile.block_m > tile.block_n
+        block_m, block_n = (2 * MIN_BLOCK, MIN_BLOCK) if long_m else (MIN_BLOCK, 2 * MIN_BLOCK)
+        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+    return dict(
+        BLOCK_M=tile.block_m,
+        BLOCK_N=tile.block_n,
+        BLOCK_D=block_d,
+        num_warps=tile.num_warps,
+        num_stages=tile.num_stages,
+    )
 
 
 def _mask_args(mask: torch.Tensor | None, shape, fallback: torch.Tensor):
@@ -482,7 +508,7 @@ def attention_fwd(q, k, v, mask, mask_kind: int, scale: float, is_causal: bool, 
         return o, lse
     _runtime.check_runnable(_attn_fwd_kernel, "q", q)
     mask_t, mask_strides = _mask_args(mask, (batch, n_heads, seqlen_q, seqlen_k), q)
-    config = _config(head_dim, _attn_fwd_kernel)
+    config = _config(head_dim, _attn_fwd_kernel, "fwd")
     grid = (batch * n_heads, triton.cdiv(seqlen_q, config["BLOCK_M"]))
     _attn_fwd_kernel[grid](
         q, k, v, mask_t, o, lse,
@@ -511,17 +537,18 @@ def attention_bwd(
     _runtime.check_runnable(_attn_bwd_dq_kernel, "q", q)
     delta = (do.float() * o.float()).sum(dim=-1).reshape(batch * n_heads, seqlen_q)
     mask_t, mask_strides = _mask_args(mask, (batch, n_heads, seqlen_q, seqlen_k), q)
-    config = _config(head_dim, _attn_bwd_dq_kernel)
     common = (
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *do.stride(),
     )  # fmt: skip
     flags = _flags(q, _attn_bwd_dq_kernel, is_causal, mask_kind)
+    config = _config(head_dim, _attn_bwd_dkdv_kernel, "dkdv")
     grid_kv = (batch * n_kv_heads, triton.cdiv(seqlen_k, config["BLOCK_N"]))
     _attn_bwd_dkdv_kernel[grid_kv](
         q, k, v, mask_t, do, lse, delta, dk, dv, *common,
         n_heads, n_kv_heads, n_heads // n_kv_heads, seqlen_q, seqlen_k, head_dim,
         scale, scale * LOG2E, causal_offset, **flags, **config,
     )  # fmt: skip
+    config = _config(head_dim, _attn_bwd_dq_kernel, "dq")
     grid_q = (batch * n_heads, triton.cdiv(seqlen_q, config["BLOCK_M"]))
     _attn_bwd_dq_kernel[grid_q](
         q, k, v, mask_t, do, lse, delta, dq, *common,
