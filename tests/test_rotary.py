@@ -271,3 +271,20 @@ def test_offset_changes_result_r2(check, device):
         expected = reference.apply_rotary(q.double(), k.double(), inv_freq, offset=offset)
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("interleaved", STYLES, ids=STYLE_IDS)
+@pytest.mark.parametrize(
+    "dims",
+    [(32, 32, 128, 128), (32, 8, 128, 128), (64, 64, 96, 24)],
+    ids=["llama-7b", "llama3-8b", "gpt-neox-20b"],
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_benchmark_shapes_on_gpu(check, device, dtype, dims, interleaved):
+    """The benchmark's shapes (4096 tokens), with positions past 4096 via an offset."""
+    n_heads_q, n_heads_k, head_dim, rotary_dim = dims
+    _check_rotary(
+        check, device, dtype, batch=1, seqlen=4096, heads=(n_heads_q, n_heads_k),
+        head_dim=head_dim, rotary_dim=rotary_dim, interleaved=interleaved, offset=4096,
+    )  # fmt: skip

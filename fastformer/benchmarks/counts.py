@@ -79,3 +79,27 @@ def bytes_for_mode(mode: str, fwd_bytes: int, bwd_bytes: int) -> int:
 def gbps(n_bytes: int, ms: float) -> float:
     """Throughput in GB/s (10**9 bytes a second) of ``n_bytes`` moved in ``ms`` milliseconds."""
     return n_bytes / ms / BYTES_PER_MS_AT_1_GBPS
+
+
+def rotary_bytes(
+    n_tokens: int,
+    n_heads_q: int,
+    n_heads_k: int,
+    head_dim: int,
+    rotary_dim: int,
+    *,
+    elem_bytes: int,
+    position_bytes: int = 0,
+) -> int:
+    """Bytes of a rotary embedding of q and k, forward or backward (the same traffic).
+
+    bytes = n_tokens * (n_heads_q + n_heads_k) * head_dim * elem_bytes * (1 [read] + 1 [write])
+          + n_tokens * position_bytes [read position ids, 0 without them]
+          + rotary_dim / 2 * 4 [read fp32 inv_freq]
+
+    Out of place: every feature is read and written, the pass-through ones (past rotary_dim)
+    included. A cos/sin table read per token would add ``n_tokens * rotary_dim * elem_bytes``;
+    it is left out, since an implementation can compute the angles instead.
+    """
+    activations = n_tokens * (n_heads_q + n_heads_k) * head_dim * elem_bytes * 2
+    return activations + n_tokens * position_bytes + rotary_dim // 2 * 4

@@ -19,9 +19,10 @@ Design:
   inv_freq`` in fp32, the product eager Hugging Face models form, whatever the dtype of q and k.
   Positions are exact in fp32 up to 2**24.
 - One program per block of ``BLOCK_T`` tokens (one token for LLaMA-sized heads, more for small
-  ones, so that every program holds about ``TILE_PAIRS`` pairs): it computes its tokens' cos
-  and sin once, then loops over q's heads and k's heads in tiles of ``BLOCK_H`` heads, so any
-  head counts (GQA) come in one launch.
+  ones, so that each program holds a tile of about ``TILE_ELEMENTS`` columns): it computes its
+  tokens' cos and sin once, then loops over q's heads and k's heads in tiles of ``BLOCK_H``
+  heads, so any head counts (GQA) come in one launch. A head wider than ``2 * TILE_ELEMENTS``
+  features is held whole all the same (correct, but it spills registers on a GPU).
 - q and k are addressed through four strides each (batch, seq, head, dim) and so are the
   outputs: (B, S, H, D), (B, H, S, D), slices of a fused qkv buffer and other views are read in
   place without a copy. Batch, sequence and head offsets are int64; offsets inside a head are
@@ -44,8 +45,10 @@ import triton.language as tl
 from fastformer.kernels import _runtime
 from fastformer.kernels._jit import rounded_for_store
 
-# Feature pairs one program holds at once (heads x pairs); 1024 pairs is 2048 elements of q.
-TILE_PAIRS = 1024
+# Columns of one (tokens, heads, columns) tile a program holds at once: pairs for the rotation,
+# features for the pass-through copy. Read off the sm_90 compile (bf16, LLaMA's head_dim 128):
+# 512 with 4 warps takes 80 registers a thread and no spill; 1024 takes 168.
+TILE_ELEMENTS = 512
 NUM_WARPS = 4
 
 
@@ -295,9 +298,12 @@ def rotary_fwd(
     n_pass = head_dim - 2 * rotary_half
     block_half = triton.next_power_of_2(rotary_half)
     max_heads = max(n_heads_q, n_heads_k)
-    block_h = max(1, min(triton.next_power_of_2(max_heads), TILE_PAIRS // block_half))
+    copy_pass = n_pass > 0 and not in_place
+    block_pass = triton.next_power_of_2(max(n_pass, 1))
+    width = max(block_half, block_pass if copy_pass else 1)  # the widest tile's columns
+    block_h = max(1, min(triton.next_power_of_2(max_heads), TILE_ELEMENTS // width))
     # Small heads: several tokens per program, so that each program still holds a full tile.
-    tokens_fit = max(1, TILE_PAIRS // (block_h * block_half))
+    tokens_fit = max(1, TILE_ELEMENTS // (block_h * width))
     block_t = min(tokens_fit, triton.next_power_of_2(n_tokens))
     pos = position_ids if position_ids is not None else inv_freq
     _rotary_fwd_kernel[(triton.cdiv(n_tokens, block_t),)](
@@ -325,12 +331,12 @@ def rotary_fwd(
         HAS_POSITION_IDS=position_ids is not None,
         INTERLEAVED=interleaved,
         CONJUGATE=conjugate,
-        COPY_PASS=n_pass > 0 and not in_place,
+        COPY_PASS=copy_pass,
         BF16_RNE=_runtime.software_bf16_rounding(_rotary_fwd_kernel, dtype),
         BLOCK_T=block_t,
         BLOCK_H=block_h,
         BLOCK_HALF=block_half,
-        BLOCK_PASS=triton.next_power_of_2(max(n_pass, 1)),
+        BLOCK_PASS=block_pass,
         num_warps=NUM_WARPS,
     )
     return q_out, k_out
