@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +107,14 @@ def test_position_ids_strided(check, device):
 def test_offsets(check, device, offset):
     """Decoding at any cache length; offsets past int32 take the int64 path."""
     _check_rotary(check, device, torch.float32, seqlen=2, offset=offset)
+
+
+def test_numpy_offset_equals_int_offset(device):
+    q, k = torch.randn(1, 3, 2, 8, device=device), torch.randn(1, 3, 1, 8, device=device)
+    inv_freq = _inv_freq(8, device)
+    by_numpy = fastformer.apply_rotary(q, k, inv_freq, offset=np.int64(9))
+    by_int = fastformer.apply_rotary(q, k, inv_freq, offset=9)
+    assert all(torch.equal(a, b) for a, b in zip(by_numpy, by_int, strict=True))
 
 
 def test_attention_scaling(check, device):

@@ -119,6 +119,12 @@ CASES = [
     ("offset_float", lambda: ROT(_q(), _k(), _f(), offset=1.0), TypeError, "offset must be an int"),
     ("offset_bool", lambda: ROT(_q(), _k(), _f(), offset=True), TypeError, "offset must be an int"),
     (
+        "offset_tensor",
+        lambda: ROT(_q(), _k(), _f(), offset=torch.tensor(3)),
+        TypeError,
+        "offset must be an int",
+    ),
+    (
         "offset_huge",
         lambda: ROT(_q(), _k(), _f(), offset=2**63),
         ValueError,

@@ -219,3 +219,24 @@ def test_public_names():
     assert fastformer.apply_rotary is fastformer.functional.apply_rotary
     assert fastformer.nn.RotaryEmbedding is RotaryEmbedding
     assert reference.apply_rotary is not None
+
+
+def test_torch_compile_of_a_module_matches_eager(device):
+    """CASES A13/I1: torch.compile around a module that scales q in bf16, then rotates: the
+    same outputs and gradients as eager (the op runs eagerly inside the compiled graph)."""
+    module = RotaryEmbedding(16).to(device)
+
+    def block(q, k, position_ids):
+        return module(q * 2, k, position_ids)
+
+    compiled = torch.compile(block, backend="aot_eager")
+    q = torch.randn(1, 4, 2, 16, device=device, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, 4, 1, 16, device=device, dtype=torch.bfloat16, requires_grad=True)
+    position_ids = torch.arange(4, device=device)[None] + 7
+    grads = []
+    for fn in (block, compiled):
+        outputs = fn(q, k, position_ids)
+        grads.append(torch.autograd.grad(outputs, (q, k), [torch.ones_like(o) for o in outputs]))
+        grads[-1] = (*outputs, *grads[-1])
+    for eager, traced in zip(*grads, strict=True):
+        assert torch.equal(eager, traced)

@@ -15,7 +15,8 @@ Layouts (no copy for any strides):
 - ``"bhsd"``: q (batch, n_heads_q, seqlen, head_dim), k likewise (SDPA's layout).
 - ``"thd"``: packed sequences, q (total_tokens, n_heads_q, head_dim); needs ``cu_seqlens``.
 
-Positions: ``seq + offset`` by default (offset: an int, the KV-cache length when decoding);
+Positions: ``seq + offset`` by default (offset: a Python or numpy int, not a tensor, which
+would need a host sync; the KV-cache length when decoding);
 ``position_ids[b, s] + offset`` with ``position_ids`` of shape (batch, seqlen) or (1, seqlen)
 (left-padded batches); with ``cu_seqlens`` ((n_seqs + 1,) int32/int64, starting at 0, ending
 at total_tokens, non-decreasing) the position restarts at 0 at each sequence start, plus
@@ -38,6 +39,7 @@ negative angle. Bad input raises TypeError/ValueError naming the argument before
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -179,8 +181,10 @@ def _check_index(name, tensor, q):
 
 
 def _check_positions(position_ids, offset, cu_seqlens, layout, q4, q):
-    if isinstance(offset, bool) or not isinstance(offset, int):
+    if isinstance(offset, (bool, torch.Tensor)) or not hasattr(offset, "__index__"):
+        # A tensor would need a host sync; a Python or numpy integer does not.
         raise TypeError(f"offset must be an int, got {offset!r}")
+    offset = operator.index(offset)
     if not -INT64_LIMIT <= offset < INT64_LIMIT:
         raise ValueError(f"offset={offset} does not fit in int64")
     if (cu_seqlens is None) == (layout == "thd"):
@@ -197,7 +201,7 @@ def _check_positions(position_ids, offset, cu_seqlens, layout, q4, q):
         if position_ids is not None:
             raise ValueError("position_ids must be None with cu_seqlens (positions come from it)")
     if position_ids is None:
-        return
+        return offset
     _check_index("position_ids", position_ids, q)
     batch, seqlen = q4.shape[0], q4.shape[1]
     if (
@@ -209,6 +213,7 @@ def _check_positions(position_ids, offset, cu_seqlens, layout, q4, q):
             f"position_ids.shape={tuple(position_ids.shape)} must be ({batch}, {seqlen}) or "
             f"(1, {seqlen}) for q.shape={tuple(q.shape)}, layout={layout!r}"
         )
+    return offset
 
 
 # torch.compile runs this op eagerly (a graph break) instead of tracing into Triton's launcher.
@@ -245,7 +250,7 @@ def apply_rotary(
     """
     q4 = _check_inputs(q, k, layout)
     _check_inv_freq(inv_freq, q, rotary_dim)
-    _check_positions(position_ids, offset, cu_seqlens, layout, q4, q)
+    offset = _check_positions(position_ids, offset, cu_seqlens, layout, q4, q)
     for name, flag in (("interleaved", interleaved), ("inplace", inplace)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")

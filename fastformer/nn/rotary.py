@@ -58,7 +58,7 @@ class RotaryEmbedding(torch.nn.Module):
         )
         self.interleaved = interleaved
         inv_freq, self.attention_scaling = rope_init(self.params, device=device)
-        self.inv_freq = torch.nn.Buffer(inv_freq, persistent=False)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     @classmethod
     def from_config(cls, config, interleaved: bool = False, device=None) -> RotaryEmbedding:
