@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "scaled_dot_product_attention": "fastformer.functional",
+    "varlen_attention": "fastformer.functional",
     "layer_norm": "fastformer.functional",
     "rms_norm": "fastformer.functional",
     "apply_rotary": "fastformer.functional",

@@ -22,17 +22,19 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fastformer.functional import _checks
-from fastformer.kernels import attention as kernels
+from fastformer.kernels import attention_common as common
+from fastformer.kernels.attention_bwd import attention_bwd
+from fastformer.kernels.attention_fwd import attention_fwd, default_scale
 
 ALIGNMENTS = ("top_left", "bottom_right")
 
 
 class _AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, mask_kind, scale, is_causal, causal_offset):
-        o, lse = kernels.attention_fwd(q, k, v, mask, mask_kind, scale, is_causal, causal_offset)
+    def forward(ctx, q, k, v, mask, problem, options):
+        o, lse = attention_fwd(q, k, v, problem, mask=mask, **options)
         ctx.save_for_backward(q, k, v, o, lse, mask)
-        ctx.args = (mask_kind, scale, is_causal, causal_offset)
+        ctx.problem, ctx.options = problem, options
         ctx.mark_non_differentiable(lse)
         return o, lse
 
@@ -40,8 +42,8 @@ class _AttentionFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, do, _dlse):
         q, k, v, o, lse, mask = ctx.saved_tensors
-        dq, dk, dv = kernels.attention_bwd(do, q, k, v, o, lse, mask, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None
+        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, ctx.problem, mask=mask, **ctx.options)
+        return dq, dk, dv, None, None, None
 
 
 def _check_qkv(q, k, v) -> None:
@@ -71,8 +73,8 @@ def _check_qkv(q, k, v) -> None:
         )
     if head_dim < 1:
         raise ValueError(f"head_dim={head_dim}; expected at least 1")
-    if head_dim > kernels.MAX_HEAD_DIM:
-        raise NotImplementedError(f"head_dim={head_dim}; at most {kernels.MAX_HEAD_DIM}")
+    if head_dim > common.MAX_HEAD_DIM:
+        raise NotImplementedError(f"head_dim={head_dim}; at most {common.MAX_HEAD_DIM}")
 
 
 def _check_heads(q, k, enable_gqa: bool) -> None:
@@ -89,7 +91,7 @@ def _check_heads(q, k, enable_gqa: bool) -> None:
 
 def _check_mask(mask, q, k) -> int:
     if mask is None:
-        return kernels.MASK_NONE
+        return common.MASK_NONE
     _checks.check_tensor("attn_mask", mask)
     if mask.device != q.device:
         raise ValueError(f"attn_mask is on {mask.device} but q is on {q.device}")
@@ -105,7 +107,7 @@ def _check_mask(mask, q, k) -> int:
             f"(batch, heads, seqlen_q, seqlen_k)={target}"
         )
     if mask.dtype == torch.bool:
-        return kernels.MASK_BOOL
+        return common.MASK_BOOL
     if mask.dtype not in (q.dtype, torch.float32):
         raise TypeError(
             f"attn_mask.dtype={mask.dtype}; expected torch.bool, q's dtype ({q.dtype}) or float32"
@@ -114,7 +116,22 @@ def _check_mask(mask, q, k) -> int:
         raise NotImplementedError(
             "attn_mask requires grad; a float mask's gradient is not supported yet"
         )
-    return kernels.MASK_FLOAT
+    return common.MASK_FLOAT
+
+
+def _check_options(causal_alignment, scale, head_dim: int) -> float:
+    if causal_alignment not in ALIGNMENTS:
+        raise ValueError(f"causal_alignment={causal_alignment!r}; expected one of {ALIGNMENTS}")
+    if scale is None:
+        return default_scale(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r}; expected a finite float")
+    return float(scale)
+
+
+def _natural_lse(lse: torch.Tensor) -> torch.Tensor:
+    """The kernels' base-2 log-sum-exp (+inf for rows without a key) in torch's convention."""
+    return torch.where(torch.isinf(lse), float("-inf"), lse * math.log(2.0))
 
 
 @torch.compiler.disable
@@ -130,8 +147,15 @@ def scaled_dot_product_attention(
     *,
     causal_alignment: str = "top_left",
     return_lse: bool = False,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
 ):
     """Fused attention with torch's SDPA semantics (see the module docstring).
+
+    With ``cu_seqlens_q`` (and ``cu_seqlens_k``), q, k and v are packed sequences and the call
+    is :func:`varlen_attention`'s (``attn_mask`` must then be None, ``enable_gqa`` is implied).
 
     Args:
         q: (batch, n_heads, seqlen_q, head_dim); k, v: (batch, n_kv_heads, seqlen_k, head_dim);
@@ -142,6 +166,18 @@ def scaled_dot_product_attention(
         (batch, n_heads, seqlen_q, head_dim) in q's dtype; with ``return_lse`` also the
         (batch, n_heads, seqlen_q) fp32 log-sum-exp of the scaled, masked scores.
     """
+    if cu_seqlens_q is not None or cu_seqlens_k is not None:
+        if attn_mask is not None:
+            raise NotImplementedError(
+                "attn_mask with packed sequences (cu_seqlens) is not supported"
+            )
+        if dropout_p:
+            raise NotImplementedError(f"dropout_p={dropout_p}; dropout is not supported yet")
+        return varlen_attention(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+            is_causal=is_causal, causal_alignment=causal_alignment, scale=scale,
+            return_lse=return_lse,
+        )  # fmt: skip
     unbatched = isinstance(q, torch.Tensor) and q.dim() == 3
     if unbatched:
         q, k, v = (t.unsqueeze(0) if isinstance(t, torch.Tensor) else t for t in (q, k, v))
@@ -156,22 +192,106 @@ def scaled_dot_product_attention(
         raise ValueError(f"dropout_p={dropout_p}; expected 0 <= dropout_p < 1")
     if dropout_p > 0.0:
         raise NotImplementedError(f"dropout_p={dropout_p}; dropout is not supported yet")
-    if causal_alignment not in ALIGNMENTS:
-        raise ValueError(f"causal_alignment={causal_alignment!r}; expected one of {ALIGNMENTS}")
-    if scale is None:
-        scale = kernels.default_scale(q.shape[-1])
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale={scale!r}; expected a finite float")
-    seqlen_q, seqlen_k = q.shape[2], k.shape[2]
-    offset = seqlen_k - seqlen_q if causal_alignment == "bottom_right" else 0
-
-    out, lse = _AttentionFunction.apply(
-        q, k, v, attn_mask, mask_kind, float(scale), bool(is_causal), offset
+    scale = _check_options(causal_alignment, scale, q.shape[-1])
+    problem = common.Problem(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
+    options = dict(
+        mask_kind=mask_kind,
+        scale=scale,
+        is_causal=bool(is_causal),
+        bottom_right=causal_alignment == "bottom_right",
     )
+    out, lse = _AttentionFunction.apply(q, k, v, attn_mask, problem, options)
     if unbatched:
         out = out.squeeze(0)
     if not return_lse:
         return out
-    lse = lse.view(*q.shape[:3])
-    lse = torch.where(torch.isinf(lse), float("-inf"), lse * math.log(2.0))
+    lse = _natural_lse(lse)
     return out, lse.squeeze(0) if unbatched else lse
+
+
+def _check_cu_seqlens(name: str, cu_seqlens, total: int, q: torch.Tensor, max_seqlen):
+    """``cu_seqlens`` as int32 (batch + 1,) offsets from 0 to ``total``, and the longest length.
+
+    Reads the offsets on the host (one device sync) so that a bad one is refused, not obeyed.
+    """
+    _checks.check_tensor(name, cu_seqlens)
+    if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.dim() != 1:
+        raise TypeError(
+            f"{name} must be a 1-D int32 or int64 tensor, got {cu_seqlens.dtype} "
+            f"of shape {tuple(cu_seqlens.shape)}"
+        )
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"{name} is on {cu_seqlens.device} but q is on {q.device}")
+    offsets = cu_seqlens.tolist()
+    lengths = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+    if not offsets or offsets[0] != 0 or offsets[-1] != total or min(lengths, default=0) < 0:
+        raise ValueError(
+            f"{name}={offsets[:8]}{'...' if len(offsets) > 8 else ''}: expected offsets rising "
+            f"from 0 to the packed length {total}"
+        )
+    longest = max(lengths, default=0)
+    if max_seqlen is None:
+        max_seqlen = longest
+    elif isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < longest:
+        raise ValueError(
+            f"max_seqlen for {name}={max_seqlen!r}; the longest sequence has {longest} rows"
+        )
+    return cu_seqlens.to(torch.int32).contiguous(), max_seqlen
+
+
+@torch.compiler.disable
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    *,
+    is_causal: bool = False,
+    causal_alignment: str = "top_left",
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Attention over packed sequences (no padding): sequence ``b`` is rows
+    ``cu_seqlens_q[b]:cu_seqlens_q[b+1]`` of q and ``cu_seqlens_k[b]:cu_seqlens_k[b+1]`` of k, v.
+
+    Args:
+        q: (total_q, n_heads, head_dim); k, v: (total_k, n_kv_heads, head_dim), n_heads a
+            multiple of n_kv_heads (GQA); fp32/fp16/bf16; any strides.
+        cu_seqlens_q, cu_seqlens_k: (batch + 1,) int32/int64 offsets from 0 to total; empty
+            sequences are allowed. max_seqlen_*: the longest sequence (read off if None).
+    Returns:
+        (total_q, n_heads, head_dim) in q's dtype; with ``return_lse`` also the (total_q,
+        n_heads) fp32 log-sum-exp (-inf for rows that see no key).
+    """
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        _checks.check_tensor(name, tensor)
+        if tensor.dim() != 3:
+            raise ValueError(
+                f"{name}.shape={tuple(tensor.shape)}; expected packed (total, heads, head_dim)"
+            )
+    # As (1, heads, total, head_dim) views, the dense checks apply unchanged.
+    dense_q, dense_k, dense_v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+    _check_qkv(dense_q, dense_k, dense_v)
+    _check_heads(dense_q, dense_k, enable_gqa=True)
+    scale = _check_options(causal_alignment, scale, q.shape[-1])
+    cu_q, max_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q, max_seqlen_q)
+    cu_k, max_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q, max_seqlen_k)
+    if cu_q.numel() != cu_k.numel():
+        raise ValueError(
+            f"cu_seqlens_q has {cu_q.numel()} offsets but cu_seqlens_k has {cu_k.numel()}; "
+            "expected one per sequence boundary in both"
+        )
+    problem = common.Problem(
+        cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2], cu_q, cu_k
+    )
+    options = dict(
+        mask_kind=common.MASK_NONE,
+        scale=scale,
+        is_causal=bool(is_causal),
+        bottom_right=causal_alignment == "bottom_right",
+    )
+    out, lse = _AttentionFunction.apply(q, k, v, None, problem, options)
+    return (out, _natural_lse(lse)) if return_lse else out

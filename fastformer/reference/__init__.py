@@ -5,9 +5,9 @@ ground truth and on the kernel's dtype for eager PyTorch's own error; benchmarks
 eager provider. Signatures and return values match the public ops. One module per op family.
 """
 
-from fastformer.reference.attention import scaled_dot_product_attention
+from fastformer.reference.attention import scaled_dot_product_attention, varlen_attention
 from fastformer.reference.norm import layer_norm, rms_norm
 from fastformer.reference.rotary import apply_rotary
 
-__all__ = ["scaled_dot_product_attention", "layer_norm", "rms_norm"]
+__all__ = ["scaled_dot_product_attention", "varlen_attention", "layer_norm", "rms_norm"]
 __all__ += ["apply_rotary"]

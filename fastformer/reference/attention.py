@@ -55,3 +55,38 @@ def scaled_dot_product_attention(
     if unbatched:
         out, lse = out.squeeze(0), lse.squeeze(0)
     return (out, lse) if return_lse else out
+
+
+def varlen_attention(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q=None,
+    max_seqlen_k=None,
+    *,
+    is_causal=False,
+    causal_alignment="top_left",
+    scale=None,
+    return_lse=False,
+):
+    """Packed sequences, one dense reference call per sequence."""
+    outs, lses = [], []
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(bounds_q) - 1):
+        rows = slice(bounds_q[b], bounds_q[b + 1])
+        keys = slice(bounds_k[b], bounds_k[b + 1])
+        out, lse = scaled_dot_product_attention(
+            q[rows].transpose(0, 1),
+            k[keys].transpose(0, 1),
+            v[keys].transpose(0, 1),
+            is_causal=is_causal,
+            scale=scale,
+            causal_alignment=causal_alignment,
+            return_lse=True,
+        )
+        outs.append(out.transpose(0, 1))  # (seq, heads, head_dim)
+        lses.append(lse.transpose(0, 1))  # (seq, heads)
+    out, lse = torch.cat(outs), torch.cat(lses)
+    return (out, lse) if return_lse else out

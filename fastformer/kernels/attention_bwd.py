@@ -1,0 +1,343 @@
+"""Fused attention backward in Triton: dq, dk, dv without the score matrix and without atomics.
+
+With P = exp2(S - lse) recomputed tile by tile and delta = rowsum(dO * O):
+    dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dS^T Q
+One kernel owns a block of keys of one (sequence, KV head) and accumulates dk and dv over every
+query block of every query head in its GQA group, so dk and dv are summed per KV head in
+registers; another owns a block of queries and accumulates dq over the key blocks it can see.
+No two programs write the same element, so the result is the same bits on every run.
+Rows that saw no key have lse = +inf: their P is 0, their dq exactly 0.
+Layouts and causal alignment: see ``attention_common``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastformer.kernels import _runtime
+from fastformer.kernels import attention_common as common
+from fastformer.kernels._jit import rounded_for_store
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    cu_seqlens_q_ptr,
+    cu_seqlens_k_ptr,
+    do_ptr,  # like q
+    lse_ptr,  # fp32 base-2 log-sum-exp, as the forward wrote it
+    delta_ptr,  # fp32 rowsum(dO * O), same layout as lse
+    dk_ptr,  # like k, out
+    dv_ptr,  # like v, out
+    stride_q_batch,
+    stride_q_head,
+    stride_q_seq,
+    stride_q_dim,
+    stride_k_batch,
+    stride_k_head,
+    stride_k_seq,
+    stride_k_dim,
+    stride_v_batch,
+    stride_v_head,
+    stride_v_seq,
+    stride_v_dim,
+    stride_mask_batch,
+    stride_mask_head,
+    stride_mask_q,
+    stride_mask_k,
+    stride_do_batch,
+    stride_do_head,
+    stride_do_seq,
+    stride_do_dim,
+    stride_lse_batch,
+    stride_lse_head,
+    stride_lse_seq,
+    stride_dk_batch,
+    stride_dk_head,
+    stride_dk_seq,
+    stride_dk_dim,
+    n_kv_heads,
+    group_size,
+    seqlen_q,
+    seqlen_k,
+    head_dim,
+    sm_scale,
+    sm_scale_log2,
+    IS_CAUSAL: tl.constexpr,
+    BOTTOM_RIGHT: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    VARLEN: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    BF16_RNE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """dk and dv for BLOCK_N keys of one (sequence, KV head), summed over its query heads."""
+    pid_bh = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+    batch = pid_bh // n_kv_heads
+    kv_head = pid_bh % n_kv_heads
+    q_start, k_start, seqlen_q, seqlen_k = common.sequence(
+        batch, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, VARLEN
+    )
+    start_n = pid_n * BLOCK_N
+    if start_n >= seqlen_k:
+        return
+    causal_offset = seqlen_k - seqlen_q if BOTTOM_RIGHT else 0
+    k_base = k_ptr + batch * stride_k_batch + kv_head * stride_k_head + k_start * stride_k_seq
+    v_base = v_ptr + batch * stride_v_batch + kv_head * stride_v_head + k_start * stride_v_seq
+
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = cols < seqlen_k
+    mask_d = offs_d < head_dim
+    tile_nd = mask_n[:, None] & mask_d[None, :]
+
+    k = tl.load(
+        k_base + cols[:, None] * stride_k_seq + offs_d[None, :] * stride_k_dim,
+        mask=tile_nd,
+        other=0.0,
+    )
+    v = tl.load(
+        v_base + cols[:, None] * stride_v_seq + offs_d[None, :] * stride_v_dim,
+        mask=tile_nd,
+        other=0.0,
+    )
+    k_t = tl.trans(k)
+    v_t = tl.trans(v)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+
+    # Causal: query rows before the first one that can see this key block are skipped.
+    lo = 0
+    if IS_CAUSAL:
+        lo = tl.maximum(start_n - causal_offset, 0) // BLOCK_M * BLOCK_M
+    for g in range(0, group_size):
+        head = kv_head * group_size + g
+        q_base = q_ptr + batch * stride_q_batch + head * stride_q_head + q_start * stride_q_seq
+        do_base = do_ptr + batch * stride_do_batch + head * stride_do_head
+        do_base += q_start * stride_do_seq
+        mask_base = mask_ptr + batch * stride_mask_batch + head * stride_mask_head
+        stat_base = batch * stride_lse_batch + head * stride_lse_head + q_start * stride_lse_seq
+        for start_m in range(lo, seqlen_q, BLOCK_M):
+            rows = start_m + offs_m
+            mask_m = rows < seqlen_q
+            tile_md = mask_m[:, None] & mask_d[None, :]
+            q = tl.load(
+                q_base + rows[:, None] * stride_q_seq + offs_d[None, :] * stride_q_dim,
+                mask=tile_md,
+                other=0.0,
+            )
+            do = tl.load(
+                do_base + rows[:, None] * stride_do_seq + offs_d[None, :] * stride_do_dim,
+                mask=tile_md,
+                other=0.0,
+            )
+            stat_offsets = stat_base + rows * stride_lse_seq
+            lse = tl.load(lse_ptr + stat_offsets, mask=mask_m, other=float("inf"))
+            delta = tl.load(delta_ptr + stat_offsets, mask=mask_m, other=0.0)
+            s = common.scores(
+                q, k_t, rows, cols, seqlen_q, seqlen_k, mask_base, stride_mask_q, stride_mask_k,
+                sm_scale_log2, causal_offset, IS_CAUSAL, MASK_KIND, DOT_FP32, IEEE,
+            )  # fmt: skip
+            p = tl.exp2(s - lse[:, None])  # 0 where masked (s = -inf) or the row saw nothing
+            dv += common.dot(tl.trans(p.to(do.dtype)), do, DOT_FP32, IEEE)
+            dp = common.dot(do, v_t, DOT_FP32, IEEE)
+            ds = p * (dp - delta[:, None])
+            dk += common.dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32, IEEE)
+
+    out_base = batch * stride_dk_batch + kv_head * stride_dk_head + k_start * stride_dk_seq
+    out_offsets = out_base + cols[:, None] * stride_dk_seq + offs_d[None, :] * stride_dk_dim
+    tl.store(dk_ptr + out_offsets, rounded_for_store(dk * sm_scale, BF16_RNE), mask=tile_nd)
+    tl.store(dv_ptr + out_offsets, rounded_for_store(dv, BF16_RNE), mask=tile_nd)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    cu_seqlens_q_ptr,
+    cu_seqlens_k_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dq_ptr,  # like q, out
+    stride_q_batch,
+    stride_q_head,
+    stride_q_seq,
+    stride_q_dim,
+    stride_k_batch,
+    stride_k_head,
+    stride_k_seq,
+    stride_k_dim,
+    stride_v_batch,
+    stride_v_head,
+    stride_v_seq,
+    stride_v_dim,
+    stride_mask_batch,
+    stride_mask_head,
+    stride_mask_q,
+    stride_mask_k,
+    stride_do_batch,
+    stride_do_head,
+    stride_do_seq,
+    stride_do_dim,
+    stride_lse_batch,
+    stride_lse_head,
+    stride_lse_seq,
+    stride_dq_batch,
+    stride_dq_head,
+    stride_dq_seq,
+    stride_dq_dim,
+    n_heads,
+    group_size,
+    seqlen_q,
+    seqlen_k,
+    head_dim,
+    sm_scale,
+    sm_scale_log2,
+    IS_CAUSAL: tl.constexpr,
+    BOTTOM_RIGHT: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    VARLEN: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    BF16_RNE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """dq for BLOCK_M query rows of one (sequence, head), over every key block it can see."""
+    pid_bh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1)
+    batch = pid_bh // n_heads
+    head = pid_bh % n_heads
+    kv_head = head // group_size
+    q_start, k_start, seqlen_q, seqlen_k = common.sequence(
+        batch, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, VARLEN
+    )
+    if pid_m * BLOCK_M >= seqlen_q:
+        return
+    causal_offset = seqlen_k - seqlen_q if BOTTOM_RIGHT else 0
+    q_base = q_ptr + batch * stride_q_batch + head * stride_q_head + q_start * stride_q_seq
+    do_base = do_ptr + batch * stride_do_batch + head * stride_do_head + q_start * stride_do_seq
+    k_base = k_ptr + batch * stride_k_batch + kv_head * stride_k_head + k_start * stride_k_seq
+    v_base = v_ptr + batch * stride_v_batch + kv_head * stride_v_head + k_start * stride_v_seq
+    mask_base = mask_ptr + batch * stride_mask_batch + head * stride_mask_head
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = rows < seqlen_q
+    mask_d = offs_d < head_dim
+    tile_md = mask_m[:, None] & mask_d[None, :]
+
+    q = tl.load(
+        q_base + rows[:, None] * stride_q_seq + offs_d[None, :] * stride_q_dim,
+        mask=tile_md,
+        other=0.0,
+    )
+    do = tl.load(
+        do_base + rows[:, None] * stride_do_seq + offs_d[None, :] * stride_do_dim,
+        mask=tile_md,
+        other=0.0,
+    )
+    stat_base = batch * stride_lse_batch + head * stride_lse_head + q_start * stride_lse_seq
+    stat_offsets = stat_base + rows * stride_lse_seq
+    lse = tl.load(lse_ptr + stat_offsets, mask=mask_m, other=float("inf"))
+    delta = tl.load(delta_ptr + stat_offsets, mask=mask_m, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+
+    hi = seqlen_k
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(seqlen_k, (pid_m + 1) * BLOCK_M + causal_offset), 0)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        tile_nd = (cols < seqlen_k)[:, None] & mask_d[None, :]
+        k = tl.load(
+            k_base + cols[:, None] * stride_k_seq + offs_d[None, :] * stride_k_dim,
+            mask=tile_nd,
+            other=0.0,
+        )
+        v = tl.load(
+            v_base + cols[:, None] * stride_v_seq + offs_d[None, :] * stride_v_dim,
+            mask=tile_nd,
+            other=0.0,
+        )
+        s = common.scores(
+            q, tl.trans(k), rows, cols, seqlen_q, seqlen_k, mask_base, stride_mask_q,
+            stride_mask_k, sm_scale_log2, causal_offset, IS_CAUSAL, MASK_KIND, DOT_FP32, IEEE,
+        )  # fmt: skip
+        p = tl.exp2(s - lse[:, None])
+        dp = common.dot(do, tl.trans(v), DOT_FP32, IEEE)
+        ds = p * (dp - delta[:, None])
+        dq += common.dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
+
+    out_base = batch * stride_dq_batch + head * stride_dq_head + q_start * stride_dq_seq
+    out_offsets = out_base + rows[:, None] * stride_dq_seq + offs_d[None, :] * stride_dq_dim
+    tl.store(dq_ptr + out_offsets, rounded_for_store(dq * sm_scale, BF16_RNE), mask=tile_md)
+
+
+def attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    problem: common.Problem,
+    *,
+    mask: torch.Tensor | None = None,
+    mask_kind: int = common.MASK_NONE,
+    scale: float,
+    is_causal: bool,
+    bottom_right: bool,
+):
+    """Gradients of ``attention_fwd`` (arguments as there; ``do`` like ``o``, any strides).
+
+    Returns dq (q's shape) and dk, dv (k's shape), contiguous, summed over each GQA group.
+    """
+    p = problem
+    dq = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = _runtime.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = _runtime.empty(v.shape, dtype=v.dtype, device=v.device)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    _runtime.check_runnable(_attn_bwd_dq_kernel, "q", q)
+    delta = (do.float() * o.float()).sum(dim=-1).contiguous()  # lse's layout
+    mask_t, mask_strides = common.mask_args(mask, (p.batch, p.n_heads, p.seqlen_q, p.seqlen_k), q)
+    strides = (
+        *common.bhsd_strides(q, p.varlen), *common.bhsd_strides(k, p.varlen),
+        *common.bhsd_strides(v, p.varlen), *mask_strides, *common.bhsd_strides(do, p.varlen),
+        *common.bhs_strides(lse, p.varlen),
+    )  # fmt: skip
+    sizes = (p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale, scale * common.LOG2E)
+    seqlens = common.seqlen_args(p, q)
+
+    kernel = _attn_bwd_dkdv_kernel
+    flags = common.flags(q, kernel, is_causal, bottom_right, mask_kind, p.varlen)
+    config = common.config(p.head_dim, kernel, "dkdv")
+    grid = (p.batch * p.n_kv_heads, triton.cdiv(p.seqlen_k, config["BLOCK_N"]))
+    kernel[grid](
+        q, k, v, mask_t, *seqlens, do, lse, delta, dk, dv, *strides,
+        *common.bhsd_strides(dk, p.varlen), p.n_kv_heads, *sizes, **flags, **config,
+    )  # fmt: skip
+
+    kernel = _attn_bwd_dq_kernel
+    config = common.config(p.head_dim, kernel, "dq")
+    grid = (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, config["BLOCK_M"]))
+    kernel[grid](
+        q, k, v, mask_t, *seqlens, do, lse, delta, dq, *strides,
+        *common.bhsd_strides(dq, p.varlen), p.n_heads, *sizes, **flags, **config,
+    )  # fmt: skip
+    return dq, dk, dv

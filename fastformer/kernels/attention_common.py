@@ -1,0 +1,186 @@
+"""What the attention forward and backward kernels share: jit helpers, tiles, launch flags.
+
+Two layouts reach the kernels, told apart by ``VARLEN``:
+- dense: q (batch, n_heads, seqlen_q, head_dim), k and v (batch, n_kv_heads, seqlen_k, head_dim);
+- packed (varlen): q (total_q, n_heads, head_dim), k and v (total_k, n_kv_heads, head_dim), the
+  sequences delimited by ``cu_seqlens_q`` / ``cu_seqlens_k`` (batch + 1 int32 offsets); the
+  kernels then see batch stride 0 and add each sequence's start to the row index.
+Every stride is passed (any view works); outputs are written through their own strides.
+
+Causal masking keeps key ``j`` for query ``i`` when ``j <= i + offset``: offset 0 is SDPA's
+top-left alignment, ``seqlen_k - seqlen_q`` (per sequence) the bottom-right one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from fastformer.kernels import _runtime
+
+MAX_HEAD_DIM = 256
+LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x * LOG2E)
+MASK_NONE, MASK_BOOL, MASK_FLOAT = 0, 1, 2
+# Smallest block a tensor-core dot takes along each axis.
+MIN_BLOCK = 16
+
+
+@triton.jit
+def dot(a, b, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    """``a @ b`` in fp32: upcast operands under the interpreter (its bf16 dot is wrong), full
+    precision for fp32 inputs (not tf32), tensor-core precision otherwise."""
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def sequence(batch, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, VARLEN: tl.constexpr):
+    """(first query row, first key row, query count, key count) of sequence ``batch``."""
+    if VARLEN:
+        q_start = tl.load(cu_seqlens_q_ptr + batch).to(tl.int64)
+        k_start = tl.load(cu_seqlens_k_ptr + batch).to(tl.int64)
+        q_len = (tl.load(cu_seqlens_q_ptr + batch + 1) - q_start).to(tl.int32)
+        k_len = (tl.load(cu_seqlens_k_ptr + batch + 1) - k_start).to(tl.int32)
+        return q_start, k_start, q_len, k_len
+    return batch * 0, batch * 0, seqlen_q, seqlen_k
+
+
+@triton.jit
+def scores(
+    q,
+    k_t,
+    rows,
+    cols,
+    seqlen_q,
+    seqlen_k,
+    mask_base,
+    stride_mask_q,
+    stride_mask_k,
+    sm_scale_log2,
+    causal_offset,
+    IS_CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """Scores of a (BLOCK_M, BLOCK_N) tile in base-2 units, -inf where a key must not be seen."""
+    s = dot(q, k_t, DOT_FP32, IEEE) * sm_scale_log2
+    valid = (cols < seqlen_k)[None, :]
+    if IS_CAUSAL:
+        valid = valid & (cols[None, :] <= rows[:, None] + causal_offset)
+    if MASK_KIND != 0:
+        mask_ptrs = mask_base + rows[:, None] * stride_mask_q + cols[None, :] * stride_mask_k
+        in_bounds = (rows < seqlen_q)[:, None] & (cols < seqlen_k)[None, :]
+        if MASK_KIND == 1:
+            keep = tl.load(mask_ptrs, mask=in_bounds, other=0)
+            valid = valid & (keep != 0)
+        else:
+            bias = tl.load(mask_ptrs, mask=in_bounds, other=0.0)
+            s = s + bias.to(tl.float32) * 1.4426950408889634  # log2(e): base-2 units
+    return tl.where(valid, s, float("-inf"))
+
+
+@dataclass(frozen=True)
+class _Tile:
+    block_m: int  # query rows per tile
+    block_n: int  # keys per tile
+    num_warps: int
+    num_stages: int
+
+
+# Tiles per kernel and head-dim bucket, read off the sm_90 compile (bf16, causal): each is the
+# largest tried that keeps 0 bytes of stack (no spills), wgmma where head_dim <= 128. At 256 no
+# backward tile with wgmma avoided spills, so the backward takes 32 x 32 (mma.sync) there.
+_TILES = {
+    "fwd": {64: _Tile(128, 64, 8, 2), 128: _Tile(128, 64, 8, 2), 256: _Tile(64, 32, 8, 1)},
+    "dkdv": {64: _Tile(32, 64, 8, 2), 128: _Tile(32, 64, 8, 2), 256: _Tile(32, 32, 8, 1)},
+    "dq": {64: _Tile(64, 64, 4, 2), 128: _Tile(64, 64, 8, 2), 256: _Tile(32, 32, 8, 1)},
+}
+
+
+def config(head_dim: int, kernel, which: str) -> dict:
+    """Launch parameters of ``which`` kernel ("fwd", "dkdv", "dq") for ``head_dim``."""
+    block_d = max(MIN_BLOCK, triton.next_power_of_2(head_dim))
+    tile = _TILES[which][max(block_d, 64)]
+    if _runtime.is_interpreted(kernel):
+        # The interpreter pays for padded work, not launches: small tiles, with the GPU tile's
+        # shape (which side is longer), so that tests walk the same block arithmetic.
+        long_m = tile.block_m > tile.block_n
+        block_m, block_n = (2 * MIN_BLOCK, MIN_BLOCK) if long_m else (MIN_BLOCK, 2 * MIN_BLOCK)
+        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+    return dict(
+        BLOCK_M=tile.block_m,
+        BLOCK_N=tile.block_n,
+        BLOCK_D=block_d,
+        num_warps=tile.num_warps,
+        num_stages=tile.num_stages,
+    )
+
+
+def flags(q: torch.Tensor, kernel, is_causal: bool, bottom_right: bool, mask_kind: int, varlen):
+    interpreted = _runtime.is_interpreted(kernel)
+    return dict(
+        IS_CAUSAL=is_causal,
+        BOTTOM_RIGHT=bottom_right,
+        MASK_KIND=mask_kind,
+        VARLEN=varlen,
+        DOT_FP32=interpreted,
+        IEEE=q.dtype == torch.float32,
+        BF16_RNE=_runtime.software_bf16_rounding(kernel, q.dtype),
+    )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One attention call as the kernels see it (dense or packed)."""
+
+    batch: int  # sequences
+    n_heads: int
+    n_kv_heads: int
+    seqlen_q: int  # dense: the length; packed: the longest sequence
+    seqlen_k: int
+    head_dim: int
+    cu_seqlens_q: torch.Tensor | None = None  # (batch + 1,) int32, packed only
+    cu_seqlens_k: torch.Tensor | None = None
+
+    @property
+    def varlen(self) -> bool:
+        return self.cu_seqlens_q is not None
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+
+def bhsd_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int, int]:
+    """(batch, head, seq, dim) strides; a packed (total, heads, dim) tensor has batch stride 0."""
+    if varlen:
+        return 0, t.stride(1), t.stride(0), t.stride(2)
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def bhs_strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(batch, head, seq) strides of a per-row statistic: (batch, heads, seq) or (total, heads)."""
+    if varlen:
+        return 0, t.stride(1), t.stride(0)
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def mask_args(mask: torch.Tensor | None, shape, fallback: torch.Tensor):
+    """The mask broadcast to (batch, heads, seqlen_q, seqlen_k) through zero strides."""
+    if mask is None:
+        return fallback, (0, 0, 0, 0)
+    full = mask.broadcast_to(shape)
+    return full, tuple(full.stride())
+
+
+def seqlen_args(problem: Problem, fallback: torch.Tensor):
+    if problem.varlen:
+        return problem.cu_seqlens_q, problem.cu_seqlens_k
+    return fallback, fallback

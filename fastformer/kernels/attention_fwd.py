@@ -1,0 +1,200 @@
+"""Fused (flash-style) attention forward in Triton: never materialises the score matrix.
+
+One program per (sequence * head, block of BLOCK_M query rows); sequence * head sits on grid
+axis 0, which CUDA allows up to 2**31 - 1 (axes 1 and 2 stop at 65535). Online softmax in fp32
+and base 2 (scores pre-multiplied by scale * log2(e)). Under causal masking, key blocks past the
+block's last row are not visited. Query heads read KV head ``head // group_size`` (GQA/MQA).
+
+Rows that see no key (all masked, causal rows before the first key, empty sequences) give 0,
+and their stored log-sum-exp is +inf, so that the backward's ``exp2(s - lse)`` is 0 there and
+every gradient stays finite. The base-2 log-sum-exp of every row is saved for the backward.
+Layouts and causal alignment: see ``attention_common``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastformer.kernels import _runtime
+from fastformer.kernels import attention_common as common
+from fastformer.kernels._jit import rounded_for_store
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr,  # (batch, n_heads, seqlen_q, head_dim) or packed (total_q, n_heads, head_dim)
+    k_ptr,  # (batch, n_kv_heads, seqlen_k, head_dim) or packed (total_k, n_kv_heads, head_dim)
+    v_ptr,  # like k
+    mask_ptr,  # broadcast to (batch, n_heads, seqlen_q, seqlen_k), or unused
+    cu_seqlens_q_ptr,  # (batch + 1,) int32 when VARLEN, else unused
+    cu_seqlens_k_ptr,  # (batch + 1,) int32 when VARLEN, else unused
+    o_ptr,  # like q, out
+    lse_ptr,  # (batch, n_heads, seqlen_q) or packed (total_q, n_heads), fp32 base 2, out
+    stride_q_batch,
+    stride_q_head,
+    stride_q_seq,
+    stride_q_dim,
+    stride_k_batch,
+    stride_k_head,
+    stride_k_seq,
+    stride_k_dim,
+    stride_v_batch,
+    stride_v_head,
+    stride_v_seq,
+    stride_v_dim,
+    stride_mask_batch,
+    stride_mask_head,
+    stride_mask_q,
+    stride_mask_k,
+    stride_o_batch,
+    stride_o_head,
+    stride_o_seq,
+    stride_o_dim,
+    stride_lse_batch,
+    stride_lse_head,
+    stride_lse_seq,
+    n_heads,
+    group_size,
+    seqlen_q,
+    seqlen_k,
+    head_dim,
+    sm_scale_log2,
+    IS_CAUSAL: tl.constexpr,
+    BOTTOM_RIGHT: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    VARLEN: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    BF16_RNE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Attention output and log-sum-exp for BLOCK_M query rows of one (sequence, head)."""
+    pid_bh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1)
+    batch = pid_bh // n_heads
+    head = pid_bh % n_heads
+    kv_head = head // group_size
+    q_start, k_start, seqlen_q, seqlen_k = common.sequence(
+        batch, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, VARLEN
+    )
+    if pid_m * BLOCK_M >= seqlen_q:
+        return
+    causal_offset = seqlen_k - seqlen_q if BOTTOM_RIGHT else 0
+    q_base = q_ptr + batch * stride_q_batch + head * stride_q_head + q_start * stride_q_seq
+    k_base = k_ptr + batch * stride_k_batch + kv_head * stride_k_head + k_start * stride_k_seq
+    v_base = v_ptr + batch * stride_v_batch + kv_head * stride_v_head + k_start * stride_v_seq
+    mask_base = mask_ptr + batch * stride_mask_batch + head * stride_mask_head
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = rows < seqlen_q
+    mask_d = offs_d < head_dim
+    tile_md = mask_m[:, None] & mask_d[None, :]
+
+    q = tl.load(
+        q_base + rows[:, None] * stride_q_seq + offs_d[None, :] * stride_q_dim,
+        mask=tile_md,
+        other=0.0,
+    )
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+
+    # Causal: keys past the last row's limit are never visited.
+    hi = seqlen_k
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(seqlen_k, (pid_m + 1) * BLOCK_M + causal_offset), 0)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        mask_n = cols < seqlen_k
+        k_t = tl.load(
+            k_base + cols[None, :] * stride_k_seq + offs_d[:, None] * stride_k_dim,
+            mask=mask_n[None, :] & mask_d[:, None],
+            other=0.0,
+        )
+        s = common.scores(
+            q, k_t, rows, cols, seqlen_q, seqlen_k, mask_base, stride_mask_q, stride_mask_k,
+            sm_scale_log2, causal_offset, IS_CAUSAL, MASK_KIND, DOT_FP32, IEEE,
+        )  # fmt: skip
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing seen yet keeps m = -inf; subtract 0 there so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            v_base + cols[:, None] * stride_v_seq + offs_d[None, :] * stride_v_dim,
+            mask=mask_n[:, None] & mask_d[None, :],
+            other=0.0,
+        )
+        acc = acc * alpha[:, None] + common.dot(p.to(v.dtype), v, DOT_FP32, IEEE)
+        m_i = m_new
+
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+    o_base = o_ptr + batch * stride_o_batch + head * stride_o_head + q_start * stride_o_seq
+    o_ptrs = o_base + rows[:, None] * stride_o_seq + offs_d[None, :] * stride_o_dim
+    tl.store(o_ptrs, rounded_for_store(out, BF16_RNE), mask=tile_md)
+    lse_base = lse_ptr + batch * stride_lse_batch + head * stride_lse_head
+    tl.store(lse_base + (q_start + rows) * stride_lse_seq, lse, mask=mask_m)
+
+
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    problem: common.Problem,
+    *,
+    mask: torch.Tensor | None = None,
+    mask_kind: int = common.MASK_NONE,
+    scale: float,
+    is_causal: bool,
+    bottom_right: bool,
+):
+    """Attention forward.
+
+    Args:
+        q, k, v: dense (batch, heads, seq, head_dim) or packed (total, heads, head_dim) as
+            ``problem`` says; fp32/fp16/bf16, one dtype; any strides.
+        mask: broadcastable to (batch, n_heads, seqlen_q, seqlen_k) (dense only), bool
+            (True = take part) or float (added to the scores); ``mask_kind`` says which.
+        scale: multiplies q @ k^T. bottom_right: causal alignment (see ``attention_common``).
+    Returns:
+        o: q's shape, contiguous, q's dtype.
+        lse: fp32 base-2 log-sum-exp, (batch, n_heads, seqlen_q) or packed (total_q, n_heads);
+            +inf for rows that see no key.
+    """
+    p = problem
+    o = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse_shape = (q.shape[0], p.n_heads) if p.varlen else (p.batch, p.n_heads, p.seqlen_q)
+    lse = _runtime.empty(lse_shape, dtype=torch.float32, device=q.device)
+    if o.numel() == 0:
+        return o, lse
+    if k.numel() == 0 and not p.varlen:  # no key at all: every row is 0
+        return o.zero_(), lse.fill_(float("inf"))
+    _runtime.check_runnable(_attn_fwd_kernel, "q", q)
+    mask_t, mask_strides = common.mask_args(mask, (p.batch, p.n_heads, p.seqlen_q, p.seqlen_k), q)
+    config = common.config(p.head_dim, _attn_fwd_kernel, "fwd")
+    grid = (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, config["BLOCK_M"]))
+    _attn_fwd_kernel[grid](
+        q, k, v, mask_t, *common.seqlen_args(p, q), o, lse,
+        *common.bhsd_strides(q, p.varlen), *common.bhsd_strides(k, p.varlen),
+        *common.bhsd_strides(v, p.varlen), *mask_strides,
+        *common.bhsd_strides(o, p.varlen), *common.bhs_strides(lse, p.varlen),
+        p.n_heads, p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale * common.LOG2E,
+        **common.flags(q, _attn_fwd_kernel, is_causal, bottom_right, mask_kind, p.varlen),
+        **config,
+    )  # fmt: skip
+    return o, lse
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
