@@ -18,6 +18,8 @@ _EXPORTS = {
     "layer_norm": "fastformer.functional",
     "rms_norm": "fastformer.functional",
     "apply_rotary": "fastformer.functional",
+    "linear": "fastformer.functional",
+    "gated_linear": "fastformer.functional",
 }
 _SUBMODULES = ("functional", "nn", "reference", "testing")
 __all__ = [*_EXPORTS, *_SUBMODULES]

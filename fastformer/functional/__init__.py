@@ -1,8 +1,10 @@
 """The functional API: fastformer's public ops, with autograd."""
 
 from fastformer.functional.attention import scaled_dot_product_attention, varlen_attention
+from fastformer.functional.linear import gated_linear, linear
 from fastformer.functional.norm import layer_norm, rms_norm
 from fastformer.functional.rotary import apply_rotary
 
 __all__ = ["scaled_dot_product_attention", "varlen_attention", "layer_norm", "rms_norm"]
+__all__ += ["linear", "gated_linear"]
 __all__ += ["apply_rotary"]
