@@ -4,7 +4,9 @@ Triton's interpreter accepts code that the GPU compiler rejects or spills; this 
 kernel for GPU targets in a separate process (without TRITON_INTERPRET) and reads the cubin's
 resource usage with the cuobjdump shipped in Triton's wheel. The only stack allowed is what
 libdevice's accurate sinf/cosf take for their large-argument range reduction, measured on a
-kernel that does nothing else.
+kernel that does nothing else. Each tile is compiled twice: as Triton sees contiguous tensors
+(unit feature stride, 16-byte alignment), which must give 16-byte accesses, and with nothing
+known about the strides.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def _trig_only(x_ptr, y_ptr, BLOCK: tl.constexpr):
     tl.store(y_ptr + offs, tl.sin(x) + tl.cos(x))
 
 
-def usage(fn, signature, constexprs, arch):
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+def usage(fn, signature, constexprs, arch, attrs=None):
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": rotary.NUM_WARPS})
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
@@ -45,7 +47,9 @@ def usage(fn, signature, constexprs, arch):
     out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True,
                          text=True, check=True).stdout
     line = next(line for line in out.splitlines() if "REG:" in line)
-    return {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", line)}
+    result = {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", line)}
+    result["V4"] = len(re.findall(r"(?:ld|st)\.global\.v4", compiled.asm["ptx"]))
+    return result
 
 
 def signature(dtype):
@@ -66,28 +70,49 @@ def signature(dtype):
     return sig
 
 
+def aligned(sig, constexprs):
+    # What Triton sees for contiguous tensors of 16-byte multiples: unit feature strides, the
+    # pointers, sizes and other strides divisible by 16.
+    sig = dict(sig)
+    constexprs = dict(constexprs)
+    for name in list(sig):
+        if name.startswith("stride") and name.endswith("_dim"):
+            sig[name] = "constexpr"
+            constexprs[name] = 1
+    names = list(rotary._rotary_fwd_kernel.arg_names)
+    skip = ("attention_scaling", "offset", "n_tokens", "n_heads_q", "n_heads_k", "seqlen")
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name, kind in sig.items()
+             if kind != "constexpr" and name not in skip}
+    return sig, constexprs, attrs
+
+
 configs = json.loads(sys.argv[1])
 results = {}
 for arch in (80, 90):
     results[f"trig_sm{arch}"] = usage(_trig_only, {"x_ptr": "*fp32", "y_ptr": "*fp32",
                                       "BLOCK": "constexpr"}, {"BLOCK": 128}, arch)
-    for name, (dtype, constexprs) in configs.items():
-        results[f"{name}_sm{arch}"] = usage(rotary._rotary_fwd_kernel, signature(dtype),
-                                           constexprs, arch)
+    for name, (dtype, shape, flags) in configs.items():
+        block_t, block_h, block_half, block_pass = rotary.tile_config(*shape)
+        constexprs = dict(flags, COPY_PASS=shape[3] > 0, BLOCK_T=block_t, BLOCK_H=block_h,
+                          BLOCK_HALF=block_half, BLOCK_PASS=block_pass)
+        sig = signature(dtype)
+        results[f"{name}_sm{arch}"] = usage(rotary._rotary_fwd_kernel, sig, constexprs, arch)
+        sig_a, constexprs_a, attrs_a = aligned(sig, constexprs)
+        results[f"{name}_aligned_sm{arch}"] = usage(
+            rotary._rotary_fwd_kernel, sig_a, constexprs_a, arch, attrs_a
+        )
 print(json.dumps(results))
 """
 
 FLAGS = dict(HAS_POSITION_IDS=True, INTERLEAVED=False, CONJUGATE=False, BF16_RNE=False)
-# The launcher's tiles at the benchmark's shapes (TILE_ELEMENTS columns per program).
+# name -> (dtype, (n_tokens, max_heads, rotary_half, n_pass), flags): the launcher's tiles
+# (kernels.rotary.tile_config) at the benchmark's shapes and a small-head one.
 CONFIGS = {
-    "llama_bf16": ("bf16", {**FLAGS, "COPY_PASS": False, "BLOCK_T": 1, "BLOCK_H": 8,
-                            "BLOCK_HALF": 64, "BLOCK_PASS": 1}),
-    "neox_partial_fp16_bwd": ("fp16", {**FLAGS, "INTERLEAVED": True, "CONJUGATE": True,
-                                       "COPY_PASS": True, "BLOCK_T": 1, "BLOCK_H": 4,
-                                       "BLOCK_HALF": 16, "BLOCK_PASS": 128}),
-    "small_heads_fp32": ("fp32", {**FLAGS, "COPY_PASS": True, "BLOCK_T": 16, "BLOCK_H": 4,
-                                  "BLOCK_HALF": 4, "BLOCK_PASS": 8}),
-}  # fmt: skip
+    "llama_bf16": ("bf16", (4096, 32, 64, 0), FLAGS),
+    "llama_gptj_bf16": ("bf16", (4096, 32, 64, 0), {**FLAGS, "INTERLEAVED": True}),
+    "neox20b_fp16_bwd": ("fp16", (4096, 64, 12, 72), {**FLAGS, "CONJUGATE": True}),
+    "small_heads_fp32": ("fp32", (64, 4, 4, 8), {**FLAGS, "INTERLEAVED": True}),
+}
 
 
 def test_compiles_for_gpus_without_spills(tmp_path):
@@ -110,6 +135,10 @@ def test_compiles_for_gpus_without_spills(tmp_path):
     for arch in (80, 90):
         trig_stack = results[f"trig_sm{arch}"]["STACK"]
         for name in CONFIGS:
-            usage = results[f"{name}_sm{arch}"]
-            assert usage["LOCAL"] == 0, (name, arch, usage)
-            assert usage["STACK"] <= trig_stack, (name, arch, usage, trig_stack)
+            for variant in (name, f"{name}_aligned"):
+                usage = results[f"{variant}_sm{arch}"]
+                assert usage["LOCAL"] == 0, (variant, arch, usage)
+                assert usage["STACK"] <= trig_stack, (variant, arch, usage, trig_stack)
+        # Contiguous LLaMA heads move 16 bytes per load and store, in both styles.
+        for name in ("llama_bf16", "llama_gptj_bf16"):
+            assert results[f"{name}_aligned_sm{arch}"]["V4"] > 0, (name, arch, results)

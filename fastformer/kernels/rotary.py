@@ -30,6 +30,8 @@ Design:
 - Positions are ``seq + offset``, or ``position_ids[b, s] + offset`` with per-token ids (any
   strides, stride 0 to broadcast). Packed sequences pass per-token positions that restart at
   each boundary (:func:`packed_positions`, a sort-free search on the device, no host sync).
+- GPT-J's interleaved pairs are loaded as one contiguous run of ``rotary_dim`` features and
+  split in registers (``tl.split``), so both styles move 16 bytes per access on contiguous heads.
 - In place when the output pointers are the inputs: every element is read by the program that
   writes it, before it writes it.
 - Backward: the rotation is orthogonal, so the gradient is ``s * R(-angle) @ grad``: the same
@@ -46,9 +48,11 @@ from fastformer.kernels import _runtime
 from fastformer.kernels._jit import rounded_for_store
 
 # Columns of one (tokens, heads, columns) tile a program holds at once: pairs for the rotation,
-# features for the pass-through copy. Read off the sm_90 compile (bf16, LLaMA's head_dim 128):
-# 512 with 4 warps takes 80 registers a thread and no spill; 1024 takes 168.
-TILE_ELEMENTS = 512
+# features for the pass-through copy. Read off the sm_90 compile (bf16, LLaMA's head_dim 128,
+# NeoX and GPT-J, 4 warps): with the 16-byte alignment Triton sees in contiguous tensors, 1024
+# takes 48 registers a thread and moves 16 bytes per access (512: 8 bytes); without it (odd
+# strides), 168 registers, still no spill.
+TILE_ELEMENTS = 1024
 NUM_WARPS = 4
 
 
@@ -71,6 +75,7 @@ def _rotate_heads(
     INTERLEAVED: tl.constexpr,
     COPY_PASS: tl.constexpr,
     BF16_RNE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     BLOCK_PASS: tl.constexpr,
@@ -79,12 +84,9 @@ def _rotate_heads(
     rest. Tiles are (BLOCK_T tokens, BLOCK_H heads, features)."""
     offs_j = tl.arange(0, BLOCK_HALF)
     mask_j = offs_j < rotary_half
-    if INTERLEAVED:
-        col1 = 2 * offs_j
-        col2 = col1 + 1
-    else:
-        col1 = offs_j
-        col2 = offs_j + rotary_half
+    # GPT-J's pairs (2j, 2j + 1) are loaded as one contiguous run and split in registers.
+    offs_pairs = tl.arange(0, 2 * BLOCK_HALF)
+    mask_pairs = offs_pairs < 2 * rotary_half
     offs_p = 2 * rotary_half + tl.arange(0, BLOCK_PASS)
     mask_p = offs_p < head_dim
     out_dtype = out_ptr.dtype.element_ty
@@ -95,11 +97,17 @@ def _rotate_heads(
         offs_h = head_start + tl.arange(0, BLOCK_H).to(tl.int64)
         mask_th = mask_t[:, None] & (offs_h < n_heads)[None, :]  # (BLOCK_T, BLOCK_H)
         mask = mask_th[:, :, None] & mask_j[None, None, :]
+        mask_2 = mask_th[:, :, None] & mask_pairs[None, None, :]
         x_heads = x_ptr + (x_tokens[:, None] + offs_h[None, :] * stride_x_head)[:, :, None]
         out_heads = out_ptr + (out_tokens[:, None] + offs_h[None, :] * stride_out_head)[:, :, None]
 
-        x1 = tl.load(x_heads + col1[None, None, :] * stride_x_dim, mask=mask, other=0.0)
-        x2 = tl.load(x_heads + col2[None, None, :] * stride_x_dim, mask=mask, other=0.0)
+        if INTERLEAVED:
+            x = tl.load(x_heads + offs_pairs[None, None, :] * stride_x_dim, mask=mask_2, other=0.0)
+            x1, x2 = tl.split(tl.reshape(x, (BLOCK_T, BLOCK_H, BLOCK_HALF, 2)))
+        else:
+            x1 = tl.load(x_heads + offs_j[None, None, :] * stride_x_dim, mask=mask, other=0.0)
+            x2_cols = (rotary_half + offs_j)[None, None, :]
+            x2 = tl.load(x_heads + x2_cols * stride_x_dim, mask=mask, other=0.0)
         if COPY_PASS:
             mask_pass = mask_th[:, :, None] & mask_p[None, None, :]
             pass_cols = offs_p[None, None, :]
@@ -112,8 +120,13 @@ def _rotate_heads(
 
         out1 = rounded_for_store(out1, BF16_RNE).to(out_dtype)
         out2 = rounded_for_store(out2, BF16_RNE).to(out_dtype)
-        tl.store(out_heads + col1[None, None, :] * stride_out_dim, out1, mask=mask)
-        tl.store(out_heads + col2[None, None, :] * stride_out_dim, out2, mask=mask)
+        if INTERLEAVED:
+            out = tl.reshape(tl.join(out1, out2), (BLOCK_T, BLOCK_H, 2 * BLOCK_HALF))
+            tl.store(out_heads + offs_pairs[None, None, :] * stride_out_dim, out, mask=mask_2)
+        else:
+            tl.store(out_heads + offs_j[None, None, :] * stride_out_dim, out1, mask=mask)
+            out2_cols = (rotary_half + offs_j)[None, None, :]
+            tl.store(out_heads + out2_cols * stride_out_dim, out2, mask=mask)
         if COPY_PASS:
             tl.store(out_heads + pass_cols * stride_out_dim, x_pass, mask=mask_pass)
 
@@ -202,6 +215,7 @@ def _rotary_fwd_kernel(
         INTERLEAVED,
         COPY_PASS,
         BF16_RNE,
+        BLOCK_T,
         BLOCK_H,
         BLOCK_HALF,
         BLOCK_PASS,
@@ -224,6 +238,7 @@ def _rotary_fwd_kernel(
         INTERLEAVED,
         COPY_PASS,
         BF16_RNE,
+        BLOCK_T,
         BLOCK_H,
         BLOCK_HALF,
         BLOCK_PASS,
@@ -248,6 +263,20 @@ def _check_dim_span(name: str, tensor: torch.Tensor) -> None:
             f"{name}.stride()={tensor.stride()} spans {span} elements inside one head; "
             f"offsets inside a head must stay below {_runtime.INT32_LIMIT}"
         )
+
+
+def tile_config(
+    n_tokens: int, max_heads: int, rotary_half: int, n_pass: int
+) -> tuple[int, int, int, int]:
+    """(BLOCK_T, BLOCK_H, BLOCK_HALF, BLOCK_PASS) for ``n_pass`` copied features (0: none)."""
+    block_half = triton.next_power_of_2(rotary_half)
+    block_pass = triton.next_power_of_2(max(n_pass, 1))
+    width = max(block_half, block_pass)  # the widest tile's columns
+    block_h = max(1, min(triton.next_power_of_2(max_heads), TILE_ELEMENTS // width))
+    # Small heads: several tokens per program, so that each program still holds a full tile.
+    tokens_fit = max(1, TILE_ELEMENTS // (block_h * width))
+    block_t = min(tokens_fit, triton.next_power_of_2(n_tokens))
+    return block_t, block_h, block_half, block_pass
 
 
 def rotary_fwd(
@@ -296,15 +325,10 @@ def rotary_fwd(
     rotary_half = inv_freq.shape[0]
     in_place = q_out is q and k_out is k
     n_pass = head_dim - 2 * rotary_half
-    block_half = triton.next_power_of_2(rotary_half)
-    max_heads = max(n_heads_q, n_heads_k)
     copy_pass = n_pass > 0 and not in_place
-    block_pass = triton.next_power_of_2(max(n_pass, 1))
-    width = max(block_half, block_pass if copy_pass else 1)  # the widest tile's columns
-    block_h = max(1, min(triton.next_power_of_2(max_heads), TILE_ELEMENTS // width))
-    # Small heads: several tokens per program, so that each program still holds a full tile.
-    tokens_fit = max(1, TILE_ELEMENTS // (block_h * width))
-    block_t = min(tokens_fit, triton.next_power_of_2(n_tokens))
+    block_t, block_h, block_half, block_pass = tile_config(
+        n_tokens, max(n_heads_q, n_heads_k), rotary_half, n_pass if copy_pass else 0
+    )
     pos = position_ids if position_ids is not None else inv_freq
     _rotary_fwd_kernel[(triton.cdiv(n_tokens, block_t),)](
         q,
