@@ -181,7 +181,6 @@ CASES = {
         NotImplementedError,
         "attn_mask requires grad",
     ),
-    "dropout": (lambda: SDPA(Q, Q, Q, dropout_p=0.1), NotImplementedError, "dropout_p=0.1"),
     "dropout_range": (lambda: SDPA(Q, Q, Q, dropout_p=1.5), ValueError, "dropout_p=1.5"),
     "alignment": (
         lambda: SDPA(Q, Q, Q, is_causal=True, causal_alignment="left"),

@@ -10,8 +10,12 @@ Extras: ``causal_alignment="bottom_right"`` (query i sees keys j <= i + seqlen_k
 a KV-cache prefill needs), ``return_lse=True`` (also return the natural log-sum-exp of each row,
 -inf where a row sees no key), and ``is_causal`` combined with a mask.
 
-Not supported yet, each a clear error: dropout_p > 0, a float mask that requires grad, a value
-head_dim different from the query/key one, head_dim above 256.
+Dropout draws its seed from torch's default generator (``torch.manual_seed`` reproduces it;
+each call draws a new one); ``fastformer.kernels.attention_common.dropout_mask`` rebuilds the
+mask a call used, and the backward uses that same mask.
+
+Not supported yet, each a clear error: a float mask that requires grad, a value head_dim
+different from the query/key one, head_dim above 256, a mask with packed sequences.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from fastformer.kernels.attention_bwd import attention_bwd
 from fastformer.kernels.attention_fwd import attention_fwd, default_scale
 
 ALIGNMENTS = ("top_left", "bottom_right")
+# Dropout seeds are drawn below this (Philox takes a 64-bit key; torch.randint a signed int64).
+MAX_SEED = 2**62
 
 
 class _AttentionFunction(torch.autograd.Function):
@@ -129,6 +135,32 @@ def _check_options(causal_alignment, scale, head_dim: int) -> float:
     return float(scale)
 
 
+def _check_dropout(dropout_p) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p}; expected 0 <= dropout_p < 1")
+    return float(dropout_p)
+
+
+def draw_seed() -> int:
+    """A dropout seed from torch's default generator: ``torch.manual_seed`` reproduces it, and
+    every call draws a new one."""
+    return int(torch.randint(0, MAX_SEED, (1,)).item())
+
+
+def _options(mask_kind, scale, is_causal, causal_alignment, dropout_p) -> dict:
+    """What the kernels need besides the tensors, for the forward and again the backward."""
+    return dict(
+        mask_kind=mask_kind,
+        scale=scale,
+        is_causal=bool(is_causal),
+        bottom_right=causal_alignment == "bottom_right",
+        dropout_p=dropout_p,
+        seed=draw_seed() if dropout_p > 0 else 0,
+    )
+
+
 def _natural_lse(lse: torch.Tensor) -> torch.Tensor:
     """The kernels' base-2 log-sum-exp (+inf for rows without a key) in torch's convention."""
     return torch.where(torch.isinf(lse), float("-inf"), lse * math.log(2.0))
@@ -171,12 +203,10 @@ def scaled_dot_product_attention(
             raise NotImplementedError(
                 "attn_mask with packed sequences (cu_seqlens) is not supported"
             )
-        if dropout_p:
-            raise NotImplementedError(f"dropout_p={dropout_p}; dropout is not supported yet")
         return varlen_attention(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-            is_causal=is_causal, causal_alignment=causal_alignment, scale=scale,
-            return_lse=return_lse,
+            dropout_p=dropout_p, is_causal=is_causal, causal_alignment=causal_alignment,
+            scale=scale, return_lse=return_lse,
         )  # fmt: skip
     unbatched = isinstance(q, torch.Tensor) and q.dim() == 3
     if unbatched:
@@ -186,20 +216,10 @@ def scaled_dot_product_attention(
     _check_qkv(q, k, v)
     _check_heads(q, k, enable_gqa)
     mask_kind = _check_mask(attn_mask, q, k)
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
-        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p={dropout_p}; expected 0 <= dropout_p < 1")
-    if dropout_p > 0.0:
-        raise NotImplementedError(f"dropout_p={dropout_p}; dropout is not supported yet")
+    dropout_p = _check_dropout(dropout_p)
     scale = _check_options(causal_alignment, scale, q.shape[-1])
     problem = common.Problem(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
-    options = dict(
-        mask_kind=mask_kind,
-        scale=scale,
-        is_causal=bool(is_causal),
-        bottom_right=causal_alignment == "bottom_right",
-    )
+    options = _options(mask_kind, scale, is_causal, causal_alignment, dropout_p)
     out, lse = _AttentionFunction.apply(q, k, v, attn_mask, problem, options)
     if unbatched:
         out = out.squeeze(0)
@@ -249,6 +269,7 @@ def varlen_attention(
     max_seqlen_q: int | None = None,
     max_seqlen_k: int | None = None,
     *,
+    dropout_p: float = 0.0,
     is_causal: bool = False,
     causal_alignment: str = "top_left",
     scale: float | None = None,
@@ -277,6 +298,7 @@ def varlen_attention(
     _check_qkv(dense_q, dense_k, dense_v)
     _check_heads(dense_q, dense_k, enable_gqa=True)
     scale = _check_options(causal_alignment, scale, q.shape[-1])
+    dropout_p = _check_dropout(dropout_p)
     cu_q, max_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q, max_seqlen_q)
     cu_k, max_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q, max_seqlen_k)
     if cu_q.numel() != cu_k.numel():
@@ -287,11 +309,6 @@ def varlen_attention(
     problem = common.Problem(
         cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2], cu_q, cu_k
     )
-    options = dict(
-        mask_kind=common.MASK_NONE,
-        scale=scale,
-        is_causal=bool(is_causal),
-        bottom_right=causal_alignment == "bottom_right",
-    )
+    options = _options(common.MASK_NONE, scale, is_causal, causal_alignment, dropout_p)
     out, lse = _AttentionFunction.apply(q, k, v, None, problem, options)
     return (out, _natural_lse(lse)) if return_lse else out

@@ -2,6 +2,8 @@
 
 With P = exp2(S - lse) recomputed tile by tile and delta = rowsum(dO * O):
     dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dS^T Q
+With dropout (keep mask M, rate r): dV = (P * M / (1 - r))^T dO and dP = (dO V^T) * M / (1 - r);
+delta is unchanged (rowsum(dO * O) still equals rowsum(P * dP)).
 One kernel owns a block of keys of one (sequence, KV head) and accumulates dk and dv over every
 query block of every query head in its GQA group, so dk and dv are summed per KV head in
 registers; another owns a block of queries and accumulates dq over the key blocks it can see.
@@ -68,6 +70,9 @@ def _attn_bwd_dkdv_kernel(
     head_dim,
     sm_scale,
     sm_scale_log2,
+    dropout_p,
+    seed,
+    HAS_DROPOUT: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr,
     MASK_KIND: tl.constexpr,
@@ -84,6 +89,7 @@ def _attn_bwd_dkdv_kernel(
     pid_n = tl.program_id(1)
     batch = pid_bh // n_kv_heads
     kv_head = pid_bh % n_kv_heads
+    rng_seqlen_q, rng_seqlen_k = seqlen_q, seqlen_k  # dropout numbers are keyed on the maxima
     q_start, k_start, seqlen_q, seqlen_k = common.sequence(
         batch, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, VARLEN
     )
@@ -149,8 +155,17 @@ def _attn_bwd_dkdv_kernel(
                 sm_scale_log2, causal_offset, IS_CAUSAL, MASK_KIND, DOT_FP32, IEEE,
             )  # fmt: skip
             p = tl.exp2(s - lse[:, None])  # 0 where masked (s = -inf) or the row saw nothing
-            dv += common.dot(tl.trans(p.to(do.dtype)), do, DOT_FP32, IEEE)
             dp = common.dot(do, v_t, DOT_FP32, IEEE)
+            if HAS_DROPOUT:
+                bh_q = batch * n_kv_heads * group_size + head
+                keep = common.dropout_keep(
+                    seed, bh_q, rows, cols, rng_seqlen_q, rng_seqlen_k, dropout_p
+                )
+                p_kept = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+                dv += common.dot(tl.trans(p_kept.to(do.dtype)), do, DOT_FP32, IEEE)
+                dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+            else:
+                dv += common.dot(tl.trans(p.to(do.dtype)), do, DOT_FP32, IEEE)
             ds = p * (dp - delta[:, None])
             dk += common.dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32, IEEE)
 
@@ -206,6 +221,9 @@ def _attn_bwd_dq_kernel(
     head_dim,
     sm_scale,
     sm_scale_log2,
+    dropout_p,
+    seed,
+    HAS_DROPOUT: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr,
     MASK_KIND: tl.constexpr,
@@ -223,6 +241,7 @@ def _attn_bwd_dq_kernel(
     batch = pid_bh // n_heads
     head = pid_bh % n_heads
     kv_head = head // group_size
+    rng_seqlen_q, rng_seqlen_k = seqlen_q, seqlen_k  # dropout numbers are keyed on the maxima
     q_start, k_start, seqlen_q, seqlen_k = common.sequence(
         batch, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, VARLEN
     )
@@ -280,6 +299,11 @@ def _attn_bwd_dq_kernel(
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
         dp = common.dot(do, tl.trans(v), DOT_FP32, IEEE)
+        if HAS_DROPOUT:
+            keep = common.dropout_keep(
+                seed, pid_bh, rows, cols, rng_seqlen_q, rng_seqlen_k, dropout_p
+            )
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq += common.dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
 
@@ -302,6 +326,8 @@ def attention_bwd(
     scale: float,
     is_causal: bool,
     bottom_right: bool,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ):
     """Gradients of ``attention_fwd`` (arguments as there; ``do`` like ``o``, any strides).
 
@@ -321,11 +347,14 @@ def attention_bwd(
         *common.bhsd_strides(v, p.varlen), *mask_strides, *common.bhsd_strides(do, p.varlen),
         *common.bhs_strides(lse, p.varlen),
     )  # fmt: skip
-    sizes = (p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale, scale * common.LOG2E)
+    sizes = (
+        p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale, scale * common.LOG2E,
+        dropout_p, seed,
+    )  # fmt: skip
     seqlens = common.seqlen_args(p, q)
 
     kernel = _attn_bwd_dkdv_kernel
-    flags = common.flags(q, kernel, is_causal, bottom_right, mask_kind, p.varlen)
+    flags = common.flags(q, kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0)
     config = common.config(p.head_dim, kernel, "dkdv")
     grid = (p.batch * p.n_kv_heads, triton.cdiv(p.seqlen_k, config["BLOCK_N"]))
     kernel[grid](

@@ -86,6 +86,54 @@ def scores(
     return tl.where(valid, s, float("-inf"))
 
 
+@triton.jit
+def dropout_keep(seed, bh, rows, cols, rng_seqlen_q, rng_seqlen_k, dropout_p):
+    """Which (row, col) of (batch * head) ``bh`` dropout keeps: Philox numbers keyed on the
+    element's place in a (batch * heads, rng_seqlen_q, rng_seqlen_k) grid, so the forward, the
+    backward and :func:`dropout_mask` draw the same ones."""
+    offsets = (bh * rng_seqlen_q + rows)[:, None] * rng_seqlen_k + cols[None, :]
+    return tl.rand(seed, offsets) >= dropout_p
+
+
+@triton.jit
+def _dropout_mask_kernel(
+    keep_ptr,  # (batch * n_heads, seqlen_q, seqlen_k) int8, out
+    seed,
+    seqlen_q,
+    seqlen_k,
+    dropout_p,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The keep mask of one (batch * head, row block, column block) tile."""
+    bh = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = dropout_keep(seed, bh, rows, cols, seqlen_q, seqlen_k, dropout_p)
+    offsets = (bh * seqlen_q + rows)[:, None] * seqlen_k + cols[None, :]
+    in_bounds = (rows < seqlen_q)[:, None] & (cols < seqlen_k)[None, :]
+    tl.store(keep_ptr + offsets, keep.to(tl.int8), mask=in_bounds)
+
+
+def dropout_mask(seed: int, problem, dropout_p: float, device) -> torch.Tensor:
+    """The (batch, n_heads, seqlen_q, seqlen_k) bool keep mask that attention with this seed
+    uses (for packed sequences: sequence b's rows and keys from 0, up to the longest ones).
+    For tests and for eager recomputation of a dropout forward."""
+    p = problem
+    keep = torch.empty(p.batch * p.n_heads, p.seqlen_q, p.seqlen_k, dtype=torch.int8, device=device)
+    if keep.numel():
+        _runtime.check_runnable(_dropout_mask_kernel, "dropout mask", keep)
+        grid = (
+            p.batch * p.n_heads,
+            triton.cdiv(p.seqlen_q, MIN_BLOCK),
+            triton.cdiv(p.seqlen_k, MIN_BLOCK),
+        )
+        _dropout_mask_kernel[grid](
+            keep, seed, p.seqlen_q, p.seqlen_k, dropout_p, BLOCK_M=MIN_BLOCK, BLOCK_N=MIN_BLOCK
+        )
+    return keep.view(p.batch, p.n_heads, p.seqlen_q, p.seqlen_k).bool()
+
+
 @dataclass(frozen=True)
 class _Tile:
     block_m: int  # query rows per tile
@@ -123,9 +171,12 @@ def config(head_dim: int, kernel, which: str) -> dict:
     )
 
 
-def flags(q: torch.Tensor, kernel, is_causal: bool, bottom_right: bool, mask_kind: int, varlen):
+def flags(
+    q: torch.Tensor, kernel, is_causal: bool, bottom_right: bool, mask_kind: int, varlen, dropout
+):
     interpreted = _runtime.is_interpreted(kernel)
     return dict(
+        HAS_DROPOUT=dropout,
         IS_CAUSAL=is_causal,
         BOTTOM_RIGHT=bottom_right,
         MASK_KIND=mask_kind,

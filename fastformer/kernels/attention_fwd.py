@@ -63,6 +63,9 @@ def _attn_fwd_kernel(
     seqlen_k,
     head_dim,
     sm_scale_log2,
+    dropout_p,
+    seed,
+    HAS_DROPOUT: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr,
     MASK_KIND: tl.constexpr,
@@ -80,6 +83,7 @@ def _attn_fwd_kernel(
     batch = pid_bh // n_heads
     head = pid_bh % n_heads
     kv_head = head // group_size
+    rng_seqlen_q, rng_seqlen_k = seqlen_q, seqlen_k  # dropout numbers are keyed on the maxima
     q_start, k_start, seqlen_q, seqlen_k = common.sequence(
         batch, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, VARLEN
     )
@@ -134,6 +138,11 @@ def _attn_fwd_kernel(
             mask=mask_n[:, None] & mask_d[None, :],
             other=0.0,
         )
+        if HAS_DROPOUT:  # the normaliser l_i keeps every term; the values see the kept ones
+            keep = common.dropout_keep(
+                seed, pid_bh, rows, cols, rng_seqlen_q, rng_seqlen_k, dropout_p
+            )
+            p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         acc = acc * alpha[:, None] + common.dot(p.to(v.dtype), v, DOT_FP32, IEEE)
         m_i = m_new
 
@@ -158,6 +167,8 @@ def attention_fwd(
     scale: float,
     is_causal: bool,
     bottom_right: bool,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ):
     """Attention forward.
 
@@ -167,6 +178,8 @@ def attention_fwd(
         mask: broadcastable to (batch, n_heads, seqlen_q, seqlen_k) (dense only), bool
             (True = take part) or float (added to the scores); ``mask_kind`` says which.
         scale: multiplies q @ k^T. bottom_right: causal alignment (see ``attention_common``).
+        dropout_p, seed: dropout on the attention probabilities, drawn by Philox from ``seed``
+            (``attention_common.dropout_mask`` gives the mask).
     Returns:
         o: q's shape, contiguous, q's dtype.
         lse: fp32 base-2 log-sum-exp, (batch, n_heads, seqlen_q) or packed (total_q, n_heads);
@@ -190,7 +203,10 @@ def attention_fwd(
         *common.bhsd_strides(v, p.varlen), *mask_strides,
         *common.bhsd_strides(o, p.varlen), *common.bhs_strides(lse, p.varlen),
         p.n_heads, p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale * common.LOG2E,
-        **common.flags(q, _attn_fwd_kernel, is_causal, bottom_right, mask_kind, p.varlen),
+        dropout_p, seed,
+        **common.flags(
+            q, _attn_fwd_kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0
+        ),
         **config,
     )  # fmt: skip
     return o, lse

@@ -19,11 +19,13 @@ def scaled_dot_product_attention(
     *,
     causal_alignment="top_left",
     return_lse=False,
+    dropout_mask=None,
 ):
     """Softmax(q k^T * scale + mask) v in the inputs' dtype, with fastformer's conventions:
-    rows that see no key give 0 (SDPA gives NaN there) and a log-sum-exp of -inf."""
-    if dropout_p:
-        raise NotImplementedError("the reference has no dropout")
+    rows that see no key give 0 (SDPA gives NaN there) and a log-sum-exp of -inf. Dropout
+    needs the keep mask to apply (``dropout_mask``, broadcast to the probabilities)."""
+    if dropout_p and dropout_mask is None:
+        raise ValueError("dropout_p > 0 needs dropout_mask: the reference draws no numbers")
     unbatched = q.dim() == 3
     if unbatched:
         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
@@ -51,6 +53,8 @@ def scaled_dot_product_attention(
     seen = torch.isfinite(lse)[..., None]
     # A row with no key: softmax of all -inf is NaN, and so is its gradient; give 0 instead.
     probs = torch.softmax(scores.masked_fill(~seen, 0.0), dim=-1).masked_fill(~seen, 0.0)
+    if dropout_p:
+        probs = probs * dropout_mask / (1.0 - dropout_p)
     out = probs @ v
     if unbatched:
         out, lse = out.squeeze(0), lse.squeeze(0)

@@ -1,0 +1,95 @@
+"""Attention dropout (CASES A12): reproducible, fresh per call, the right rate, and a backward
+that matches eager computed with the mask actually used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastformer
+from fastformer import reference
+from fastformer.functional.attention import draw_seed
+from fastformer.kernels import attention_common
+
+RATE = 0.1
+
+
+def _qkv(device, dtype=torch.float32, seq_q=24, seq_k=40, heads=2, kv_heads=2):
+    def make(h, s):
+        return torch.randn(2, h, s, 32, device=device).to(dtype).requires_grad_()
+
+    return make(heads, seq_q), make(kv_heads, seq_k), make(kv_heads, seq_k)
+
+
+def _mask_for(seed_value, q, k, device):
+    """The keep mask that a call made right after torch.manual_seed(seed_value) used."""
+    torch.manual_seed(seed_value)
+    problem = attention_common.Problem(
+        q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
+    )
+    return attention_common.dropout_mask(draw_seed(), problem, RATE, device)
+
+
+def test_same_seed_same_output_and_new_mask_per_call(device):
+    q, k, v = _qkv(device)
+    torch.manual_seed(7)
+    first = fastformer.scaled_dot_product_attention(q, k, v, dropout_p=RATE)
+    second = fastformer.scaled_dot_product_attention(q, k, v, dropout_p=RATE)
+    torch.manual_seed(7)
+    again = fastformer.scaled_dot_product_attention(q, k, v, dropout_p=RATE)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, second)
+
+
+def test_kept_fraction(device):
+    problem = attention_common.Problem(2, 4, 4, 64, 64, 32)
+    keep = attention_common.dropout_mask(draw_seed(), problem, RATE, device)
+    assert abs(keep.float().mean().item() - (1 - RATE)) <= 0.01
+    other = attention_common.dropout_mask(draw_seed(), problem, RATE, device)
+    assert not torch.equal(keep, other)
+
+
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_matches_eager_with_the_mask_used(check, device, dtype, is_causal):
+    q, k, v = _qkv(device, dtype, heads=4, kv_heads=2)
+    mask = _mask_for(11, q, k, device)
+
+    def kernel(q, k, v):
+        torch.manual_seed(11)
+        return fastformer.scaled_dot_product_attention(
+            q, k, v, dropout_p=RATE, is_causal=is_causal, enable_gqa=True
+        )
+
+    def eager(q, k, v):
+        return reference.scaled_dot_product_attention(
+            q, k, v, dropout_p=RATE, is_causal=is_causal, enable_gqa=True, dropout_mask=mask
+        )
+
+    check(kernel, eager, [q, k, v], names=["q", "k", "v"])
+
+
+def test_packed_sequences_with_dropout(check, device):
+    lengths = [9, 0, 17]
+    cu = torch.tensor([0, 9, 9, 26], device=device)
+    q, k, v = (torch.randn(26, 2, 32, device=device, requires_grad=True) for _ in range(3))
+    problem = attention_common.Problem(3, 2, 2, max(lengths), max(lengths), 32, cu, cu)
+    torch.manual_seed(5)
+    mask = attention_common.dropout_mask(draw_seed(), problem, RATE, device)
+
+    def kernel(q, k, v):
+        torch.manual_seed(5)
+        return fastformer.varlen_attention(q, k, v, cu, cu, dropout_p=RATE, is_causal=True)
+
+    def eager(q, k, v):
+        outs = []
+        for b, (start, n) in enumerate(zip([0, 9, 9], lengths, strict=True)):
+            rows = slice(start, start + n)
+            out = reference.scaled_dot_product_attention(
+                q[rows].transpose(0, 1), k[rows].transpose(0, 1), v[rows].transpose(0, 1),
+                dropout_p=RATE, is_causal=True, dropout_mask=mask[b, :, :n, :n],
+            )  # fmt: skip
+            outs.append(out.transpose(0, 1))
+        return torch.cat(outs)
+
+    check(kernel, eager, [q, k, v], names=["q", "k", "v"])
