@@ -101,6 +101,23 @@ def test_all_false_mask_row_gives_zero_and_finite_grads(check, device, dtype):
     assert torch.equal(grads[0][:, :, 4], torch.zeros_like(grads[0][:, :, 4]))
 
 
+@pytest.mark.parametrize("shape", ["full", "shared", "key_padding"])
+def test_trainable_float_mask_gets_its_gradient(check, device, shape):
+    """A learned position bias: the mask's gradient, summed over its broadcast dims."""
+    q, k, v = _qkv(2, 3, 3, 11, 14, 32, torch.float32, device)
+    bias = torch.randn(MASK_SHAPES[shape](2, 3, 11, 14), device=device, requires_grad=True)
+    check(
+        lambda q, k, v, bias: fastformer.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, is_causal=True
+        ),
+        lambda q, k, v, bias: reference.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, is_causal=True
+        ),
+        [q, k, v, bias],
+        names=["q", "k", "v", "bias"],
+    )
+
+
 def test_float_mask_with_minus_inf_rows(check, device):
     q, k, v = _qkv(1, 2, 2, 7, 10, 32, torch.float32, device)
     mask = torch.randn(7, 10, device=device)

@@ -176,11 +176,6 @@ CASES = {
         TypeError,
         "attn_mask.dtype=torch.int64",
     ),
-    "mask_grad": (
-        lambda: SDPA(Q, Q, Q, attn_mask=torch.zeros(8, 8, requires_grad=True)),
-        NotImplementedError,
-        "attn_mask requires grad",
-    ),
     "dropout_range": (lambda: SDPA(Q, Q, Q, dropout_p=1.5), ValueError, "dropout_p=1.5"),
     "alignment": (
         lambda: SDPA(Q, Q, Q, is_causal=True, causal_alignment="left"),

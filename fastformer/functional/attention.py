@@ -14,8 +14,11 @@ Dropout draws its seed from torch's default generator (``torch.manual_seed`` rep
 each call draws a new one); ``fastformer.kernels.attention_common.dropout_mask`` rebuilds the
 mask a call used, and the backward uses that same mask.
 
-Not supported yet, each a clear error: a float mask that requires grad, a value head_dim
-different from the query/key one, head_dim above 256, a mask with packed sequences.
+A float mask that requires grad (a trainable position bias) gets its gradient; that costs a
+(batch, heads, seqlen_q, seqlen_k) fp32 buffer in the backward.
+
+Not supported yet, each a clear error: a value head_dim different from the query/key one,
+head_dim above 256, a mask with packed sequences.
 """
 
 from __future__ import annotations
@@ -48,8 +51,11 @@ class _AttentionFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, do, _dlse):
         q, k, v, o, lse, mask = ctx.saved_tensors
-        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, ctx.problem, mask=mask, **ctx.options)
-        return dq, dk, dv, None, None, None
+        mask_grad = ctx.needs_input_grad[3]
+        dq, dk, dv, dmask = attention_bwd(
+            do, q, k, v, o, lse, ctx.problem, mask=mask, mask_grad=mask_grad, **ctx.options
+        )
+        return dq, dk, dv, dmask, None, None
 
 
 def _check_qkv(q, k, v) -> None:
@@ -117,10 +123,6 @@ def _check_mask(mask, q, k) -> int:
     if mask.dtype not in (q.dtype, torch.float32):
         raise TypeError(
             f"attn_mask.dtype={mask.dtype}; expected torch.bool, q's dtype ({q.dtype}) or float32"
-        )
-    if mask.requires_grad:
-        raise NotImplementedError(
-            "attn_mask requires grad; a float mask's gradient is not supported yet"
         )
     return common.MASK_FLOAT
 

@@ -8,6 +8,9 @@ One kernel owns a block of keys of one (sequence, KV head) and accumulates dk an
 query block of every query head in its GQA group, so dk and dv are summed per KV head in
 registers; another owns a block of queries and accumulates dq over the key blocks it can see.
 No two programs write the same element, so the result is the same bits on every run.
+delta is summed in fp64 (an eager torch op over dO and O): in fp32 its rounding, multiplied by P,
+put the gradient of a trainable float mask past 3x eager's error. It costs two fp64 temporaries
+the size of O; a fused Triton reduction would avoid them.
 Rows that saw no key have lse = +inf: their P is 0, their dq exactly 0.
 Layouts and causal alignment: see ``attention_common``.
 """
@@ -187,6 +190,7 @@ def _attn_bwd_dq_kernel(
     lse_ptr,
     delta_ptr,
     dq_ptr,  # like q, out
+    dmask_ptr,  # (batch * n_heads, seqlen_q, seqlen_k) fp32 zero-filled, out, when MASK_GRAD
     stride_q_batch,
     stride_q_head,
     stride_q_seq,
@@ -231,6 +235,7 @@ def _attn_bwd_dq_kernel(
     DOT_FP32: tl.constexpr,
     IEEE: tl.constexpr,
     BF16_RNE: tl.constexpr,
+    MASK_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -305,6 +310,10 @@ def _attn_bwd_dq_kernel(
             )
             dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
+        if MASK_GRAD:  # d(score) is the gradient of an additive mask, element by element
+            dmask_offsets = (pid_bh * seqlen_q + rows)[:, None] * seqlen_k + cols[None, :]
+            in_bounds = mask_m[:, None] & (cols < seqlen_k)[None, :]
+            tl.store(dmask_ptr + dmask_offsets, ds, mask=in_bounds)
         dq += common.dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
 
     out_base = batch * stride_dq_batch + head * stride_dq_head + q_start * stride_dq_seq
@@ -328,19 +337,29 @@ def attention_bwd(
     bottom_right: bool,
     dropout_p: float = 0.0,
     seed: int = 0,
+    mask_grad: bool = False,
 ):
     """Gradients of ``attention_fwd`` (arguments as there; ``do`` like ``o``, any strides).
 
-    Returns dq (q's shape) and dk, dv (k's shape), contiguous, summed over each GQA group.
+    Returns dq (q's shape) and dk, dv (k's shape), contiguous, summed over each GQA group, and
+    with ``mask_grad`` (a float mask) the mask's gradient in the mask's shape (else None). That
+    gradient is the full (batch, heads, seqlen_q, seqlen_k) score gradient, written to memory
+    and then summed over the mask's broadcast dims: O(seqlen_q * seqlen_k) memory, paid only
+    when the mask requires grad.
     """
     p = problem
     dq = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = _runtime.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = _runtime.empty(v.shape, dtype=v.dtype, device=v.device)
+    dmask = None
+    if mask_grad:
+        dmask = torch.zeros(
+            p.batch * p.n_heads, p.seqlen_q, p.seqlen_k, dtype=torch.float32, device=q.device
+        )
     if q.numel() == 0 or k.numel() == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return dq.zero_(), dk.zero_(), dv.zero_(), _reduce_to(dmask, mask, p)
     _runtime.check_runnable(_attn_bwd_dq_kernel, "q", q)
-    delta = (do.float() * o.float()).sum(dim=-1).contiguous()  # lse's layout
+    delta = (do.double() * o.double()).sum(dim=-1).float().contiguous()  # lse's layout
     mask_t, mask_strides = common.mask_args(mask, (p.batch, p.n_heads, p.seqlen_q, p.seqlen_k), q)
     strides = (
         *common.bhsd_strides(q, p.varlen), *common.bhsd_strides(k, p.varlen),
@@ -366,7 +385,16 @@ def attention_bwd(
     config = common.config(p.head_dim, kernel, "dq")
     grid = (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, config["BLOCK_M"]))
     kernel[grid](
-        q, k, v, mask_t, *seqlens, do, lse, delta, dq, *strides,
-        *common.bhsd_strides(dq, p.varlen), p.n_heads, *sizes, **flags, **config,
+        q, k, v, mask_t, *seqlens, do, lse, delta, dq, dmask if mask_grad else delta, *strides,
+        *common.bhsd_strides(dq, p.varlen), p.n_heads, *sizes, **flags, MASK_GRAD=mask_grad,
+        **config,
     )  # fmt: skip
-    return dq, dk, dv
+    return dq, dk, dv, _reduce_to(dmask, mask, p)
+
+
+def _reduce_to(dmask, mask, problem):
+    """The full score gradient summed over the dims the mask was broadcast along."""
+    if dmask is None:
+        return None
+    full = dmask.view(problem.batch, problem.n_heads, problem.seqlen_q, problem.seqlen_k)
+    return full.sum_to_size(mask.shape).to(mask.dtype)
