@@ -170,3 +170,33 @@ def test_unbatched_inputs(check, device):
 def test_realistic_sizes_on_gpu(check, device, dtype, head_dim):
     q, k, v = _qkv(4, 16, 4, 1024, 1024, head_dim, dtype, device)
     _check_attention(check, q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize(
+    # (1, 0) and (17, 2) put a band's last query row at the start of a 16-row block, where an
+    # off-by-one in the backward's row range would drop it.
+    "window",
+    [(4, 0), (3, 5), (0, 0), (-1, 2), (6, -1), (1, 0), (17, 2)],
+    ids=lambda w: f"l{w[0]}_r{w[1]}",
+)
+@pytest.mark.parametrize("seqs", [(70, 70), (17, 50), (50, 17)], ids=str)
+def test_sliding_window(check, device, seqs, window):
+    """Sliding window (left, right) around the diagonal; key blocks outside it are skipped."""
+    q, k, v = _qkv(1, 2, 2, *seqs, 32, torch.float16, device)
+    _check_attention(check, q, k, v, window=window, causal_alignment="bottom_right")
+
+
+def test_sliding_window_with_causal_and_packed(check, device):
+    q, k, v = _qkv(1, 2, 2, 45, 45, 32, torch.float32, device)
+    _check_attention(check, q, k, v, window=(7, 3), is_causal=True)
+    packed = [t.detach()[0].transpose(0, 1).contiguous().requires_grad_() for t in (q, k, v)]
+    cu = torch.tensor([0, 20, 45], device=device)
+    check(
+        functools.partial(
+            fastformer.varlen_attention, cu_seqlens_q=cu, cu_seqlens_k=cu, window=(5, 0)
+        ),
+        functools.partial(
+            reference.varlen_attention, cu_seqlens_q=cu, cu_seqlens_k=cu, window=(5, 0)
+        ),
+        packed,
+    )

@@ -7,8 +7,11 @@ float mask is added to the scores, ``is_causal`` with ``seqlen_q != seqlen_k`` i
 sees no key), the output is 0 and every gradient finite. Any strides are read in place.
 
 Extras: ``causal_alignment="bottom_right"`` (query i sees keys j <= i + seqlen_k - seqlen_q, what
-a KV-cache prefill needs), ``return_lse=True`` (also return the natural log-sum-exp of each row,
--inf where a row sees no key), and ``is_causal`` combined with a mask.
+a KV-cache prefill needs), ``window=(left, right)`` (a sliding window around the aligned
+diagonal, -1 for an unbounded side; combines with ``is_causal``), ``return_lse=True`` (also
+return the natural log-sum-exp of each row, -inf where a row sees no key), packed sequences
+(``cu_seqlens_q``/``cu_seqlens_k``, see :func:`varlen_attention`), and ``is_causal`` combined
+with a mask.
 
 Dropout draws its seed from torch's default generator (``torch.manual_seed`` reproduces it;
 each call draws a new one); ``fastformer.kernels.attention_common.dropout_mask`` rebuilds the
@@ -151,9 +154,25 @@ def draw_seed() -> int:
     return int(torch.randint(0, MAX_SEED, (1,)).item())
 
 
-def _options(mask_kind, scale, is_causal, causal_alignment, dropout_p) -> dict:
+def _check_window(window) -> tuple[int, int] | None:
+    if window is None:
+        return None
+    ok = (
+        isinstance(window, (tuple, list))
+        and len(window) == 2
+        and all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window)
+    )
+    if not ok:
+        raise ValueError(
+            f"window={window!r}; expected (left, right) ints >= 0, or -1 for an unbounded side"
+        )
+    return (int(window[0]), int(window[1]))
+
+
+def _options(mask_kind, scale, is_causal, causal_alignment, dropout_p, window) -> dict:
     """What the kernels need besides the tensors, for the forward and again the backward."""
     return dict(
+        window=window,
         mask_kind=mask_kind,
         scale=scale,
         is_causal=bool(is_causal),
@@ -180,6 +199,7 @@ def scaled_dot_product_attention(
     enable_gqa: bool = False,
     *,
     causal_alignment: str = "top_left",
+    window: tuple[int, int] | None = None,
     return_lse: bool = False,
     cu_seqlens_q: torch.Tensor | None = None,
     cu_seqlens_k: torch.Tensor | None = None,
@@ -208,7 +228,7 @@ def scaled_dot_product_attention(
         return varlen_attention(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
             dropout_p=dropout_p, is_causal=is_causal, causal_alignment=causal_alignment,
-            scale=scale, return_lse=return_lse,
+            window=window, scale=scale, return_lse=return_lse,
         )  # fmt: skip
     unbatched = isinstance(q, torch.Tensor) and q.dim() == 3
     if unbatched:
@@ -219,9 +239,10 @@ def scaled_dot_product_attention(
     _check_heads(q, k, enable_gqa)
     mask_kind = _check_mask(attn_mask, q, k)
     dropout_p = _check_dropout(dropout_p)
+    window = _check_window(window)
     scale = _check_options(causal_alignment, scale, q.shape[-1])
     problem = common.Problem(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
-    options = _options(mask_kind, scale, is_causal, causal_alignment, dropout_p)
+    options = _options(mask_kind, scale, is_causal, causal_alignment, dropout_p, window)
     out, lse = _AttentionFunction.apply(q, k, v, attn_mask, problem, options)
     if unbatched:
         out = out.squeeze(0)
@@ -274,6 +295,7 @@ def varlen_attention(
     dropout_p: float = 0.0,
     is_causal: bool = False,
     causal_alignment: str = "top_left",
+    window: tuple[int, int] | None = None,
     scale: float | None = None,
     return_lse: bool = False,
 ):
@@ -301,6 +323,7 @@ def varlen_attention(
     _check_heads(dense_q, dense_k, enable_gqa=True)
     scale = _check_options(causal_alignment, scale, q.shape[-1])
     dropout_p = _check_dropout(dropout_p)
+    window = _check_window(window)
     cu_q, max_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q, max_seqlen_q)
     cu_k, max_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q, max_seqlen_k)
     if cu_q.numel() != cu_k.numel():
@@ -311,6 +334,6 @@ def varlen_attention(
     problem = common.Problem(
         cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2], cu_q, cu_k
     )
-    options = _options(common.MASK_NONE, scale, is_causal, causal_alignment, dropout_p)
+    options = _options(common.MASK_NONE, scale, is_causal, causal_alignment, dropout_p, window)
     out, lse = _AttentionFunction.apply(q, k, v, None, problem, options)
     return (out, _natural_lse(lse)) if return_lse else out

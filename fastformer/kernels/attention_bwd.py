@@ -75,7 +75,10 @@ def _attn_bwd_dkdv_kernel(
     sm_scale_log2,
     dropout_p,
     seed,
+    window_left,
+    window_right,
     HAS_DROPOUT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr,
     MASK_KIND: tl.constexpr,
@@ -125,10 +128,11 @@ def _attn_bwd_dkdv_kernel(
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
 
-    # Causal: query rows before the first one that can see this key block are skipped.
-    lo = 0
-    if IS_CAUSAL:
-        lo = tl.maximum(start_n - causal_offset, 0) // BLOCK_M * BLOCK_M
+    # Query rows outside the band that can see this key block (causal, window) are skipped.
+    lo, hi = common.query_range(
+        start_n, seqlen_q, causal_offset, window_left, window_right,
+        IS_CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
     for g in range(0, group_size):
         head = kv_head * group_size + g
         q_base = q_ptr + batch * stride_q_batch + head * stride_q_head + q_start * stride_q_seq
@@ -136,7 +140,7 @@ def _attn_bwd_dkdv_kernel(
         do_base += q_start * stride_do_seq
         mask_base = mask_ptr + batch * stride_mask_batch + head * stride_mask_head
         stat_base = batch * stride_lse_batch + head * stride_lse_head + q_start * stride_lse_seq
-        for start_m in range(lo, seqlen_q, BLOCK_M):
+        for start_m in range(lo, hi, BLOCK_M):
             rows = start_m + offs_m
             mask_m = rows < seqlen_q
             tile_md = mask_m[:, None] & mask_d[None, :]
@@ -155,7 +159,8 @@ def _attn_bwd_dkdv_kernel(
             delta = tl.load(delta_ptr + stat_offsets, mask=mask_m, other=0.0)
             s = common.scores(
                 q, k_t, rows, cols, seqlen_q, seqlen_k, mask_base, stride_mask_q, stride_mask_k,
-                sm_scale_log2, causal_offset, IS_CAUSAL, MASK_KIND, DOT_FP32, IEEE,
+                sm_scale_log2, causal_offset, window_left, window_right, IS_CAUSAL, HAS_WINDOW,
+                MASK_KIND, DOT_FP32, IEEE,
             )  # fmt: skip
             p = tl.exp2(s - lse[:, None])  # 0 where masked (s = -inf) or the row saw nothing
             dp = common.dot(do, v_t, DOT_FP32, IEEE)
@@ -227,7 +232,10 @@ def _attn_bwd_dq_kernel(
     sm_scale_log2,
     dropout_p,
     seed,
+    window_left,
+    window_right,
     HAS_DROPOUT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr,
     MASK_KIND: tl.constexpr,
@@ -282,10 +290,11 @@ def _attn_bwd_dq_kernel(
     delta = tl.load(delta_ptr + stat_offsets, mask=mask_m, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
 
-    hi = seqlen_k
-    if IS_CAUSAL:
-        hi = tl.maximum(tl.minimum(seqlen_k, (pid_m + 1) * BLOCK_M + causal_offset), 0)
-    for start_n in range(0, hi, BLOCK_N):
+    lo, hi = common.key_range(
+        pid_m, seqlen_k, causal_offset, window_left, window_right,
+        IS_CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
+    for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         tile_nd = (cols < seqlen_k)[:, None] & mask_d[None, :]
         k = tl.load(
@@ -300,7 +309,8 @@ def _attn_bwd_dq_kernel(
         )
         s = common.scores(
             q, tl.trans(k), rows, cols, seqlen_q, seqlen_k, mask_base, stride_mask_q,
-            stride_mask_k, sm_scale_log2, causal_offset, IS_CAUSAL, MASK_KIND, DOT_FP32, IEEE,
+            stride_mask_k, sm_scale_log2, causal_offset, window_left, window_right, IS_CAUSAL,
+            HAS_WINDOW, MASK_KIND, DOT_FP32, IEEE,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
         dp = common.dot(do, tl.trans(v), DOT_FP32, IEEE)
@@ -337,6 +347,7 @@ def attention_bwd(
     bottom_right: bool,
     dropout_p: float = 0.0,
     seed: int = 0,
+    window: tuple[int, int] | None = None,
     mask_grad: bool = False,
 ):
     """Gradients of ``attention_fwd`` (arguments as there; ``do`` like ``o``, any strides).
@@ -368,12 +379,14 @@ def attention_bwd(
     )  # fmt: skip
     sizes = (
         p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale, scale * common.LOG2E,
-        dropout_p, seed,
+        dropout_p, seed, *common.window_args(window, p),
     )  # fmt: skip
     seqlens = common.seqlen_args(p, q)
 
     kernel = _attn_bwd_dkdv_kernel
-    flags = common.flags(q, kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0)
+    flags = common.flags(
+        q, kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0, window
+    )
     config = common.config(p.head_dim, kernel, "dkdv")
     grid = (p.batch * p.n_kv_heads, triton.cdiv(p.seqlen_k, config["BLOCK_N"]))
     kernel[grid](

@@ -8,7 +8,9 @@ Two layouts reach the kernels, told apart by ``VARLEN``:
 Every stride is passed (any view works); outputs are written through their own strides.
 
 Causal masking keeps key ``j`` for query ``i`` when ``j <= i + offset``: offset 0 is SDPA's
-top-left alignment, ``seqlen_k - seqlen_q`` (per sequence) the bottom-right one.
+top-left alignment, ``seqlen_k - seqlen_q`` (per sequence) the bottom-right one. A sliding
+window ``(left, right)`` keeps ``i + offset - left <= j <= i + offset + right``; key blocks
+outside the band (causal or windowed) are not visited.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ def scores(
     stride_mask_k,
     sm_scale_log2,
     causal_offset,
+    window_left,
+    window_right,
     IS_CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     MASK_KIND: tl.constexpr,
     DOT_FP32: tl.constexpr,
     IEEE: tl.constexpr,
@@ -74,6 +79,9 @@ def scores(
     valid = (cols < seqlen_k)[None, :]
     if IS_CAUSAL:
         valid = valid & (cols[None, :] <= rows[:, None] + causal_offset)
+    if HAS_WINDOW:  # keys from (diagonal - window_left) to (diagonal + window_right)
+        distance = cols[None, :] - (rows[:, None] + causal_offset)
+        valid = valid & (distance >= -window_left) & (distance <= window_right)
     if MASK_KIND != 0:
         mask_ptrs = mask_base + rows[:, None] * stride_mask_q + cols[None, :] * stride_mask_k
         in_bounds = (rows < seqlen_q)[:, None] & (cols < seqlen_k)[None, :]
@@ -84,6 +92,53 @@ def scores(
             bias = tl.load(mask_ptrs, mask=in_bounds, other=0.0)
             s = s + bias.to(tl.float32) * 1.4426950408889634  # log2(e): base-2 units
     return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
+def key_range(
+    pid_m,
+    seqlen_k,
+    causal_offset,
+    window_left,
+    window_right,
+    IS_CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """[lo, hi) of the keys that query block ``pid_m`` can see; lo is a multiple of BLOCK_N."""
+    lo = 0
+    hi = seqlen_k
+    last_row = (pid_m + 1) * BLOCK_M - 1
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, last_row + causal_offset + 1)
+    if HAS_WINDOW:
+        hi = tl.minimum(hi, last_row + causal_offset + window_right + 1)
+        lo = tl.maximum(pid_m * BLOCK_M + causal_offset - window_left, 0) // BLOCK_N * BLOCK_N
+    return lo, tl.maximum(hi, 0)
+
+
+@triton.jit
+def query_range(
+    start_n,
+    seqlen_q,
+    causal_offset,
+    window_left,
+    window_right,
+    IS_CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """[lo, hi) of the queries that can see key block ``start_n``; lo a multiple of BLOCK_M."""
+    first = 0
+    hi = seqlen_q
+    if IS_CAUSAL:
+        first = tl.maximum(start_n - causal_offset, 0)
+    if HAS_WINDOW:
+        first = tl.maximum(first, start_n - causal_offset - window_right)
+        hi = tl.minimum(hi, start_n + BLOCK_N - 1 - causal_offset + window_left + 1)
+    return first // BLOCK_M * BLOCK_M, tl.maximum(hi, 0)
 
 
 @triton.jit
@@ -172,11 +227,19 @@ def config(head_dim: int, kernel, which: str) -> dict:
 
 
 def flags(
-    q: torch.Tensor, kernel, is_causal: bool, bottom_right: bool, mask_kind: int, varlen, dropout
+    q: torch.Tensor,
+    kernel,
+    is_causal: bool,
+    bottom_right: bool,
+    mask_kind: int,
+    varlen: bool,
+    dropout: bool,
+    window: tuple[int, int] | None,
 ):
     interpreted = _runtime.is_interpreted(kernel)
     return dict(
         HAS_DROPOUT=dropout,
+        HAS_WINDOW=window is not None,
         IS_CAUSAL=is_causal,
         BOTTOM_RIGHT=bottom_right,
         MASK_KIND=mask_kind,
@@ -235,3 +298,12 @@ def seqlen_args(problem: Problem, fallback: torch.Tensor):
     if problem.varlen:
         return problem.cu_seqlens_q, problem.cu_seqlens_k
     return fallback, fallback
+
+
+def window_args(window: tuple[int, int] | None, problem: Problem) -> tuple[int, int]:
+    """(left, right) reach of a sliding window, unbounded sides (-1) as a reach past any key."""
+    if window is None:
+        return 0, 0
+    unbounded = problem.seqlen_q + problem.seqlen_k
+    left, right = window
+    return (unbounded if left < 0 else left), (unbounded if right < 0 else right)

@@ -65,7 +65,10 @@ def _attn_fwd_kernel(
     sm_scale_log2,
     dropout_p,
     seed,
+    window_left,
+    window_right,
     HAS_DROPOUT: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr,
     MASK_KIND: tl.constexpr,
@@ -111,11 +114,11 @@ def _attn_fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
 
-    # Causal: keys past the last row's limit are never visited.
-    hi = seqlen_k
-    if IS_CAUSAL:
-        hi = tl.maximum(tl.minimum(seqlen_k, (pid_m + 1) * BLOCK_M + causal_offset), 0)
-    for start_n in range(0, hi, BLOCK_N):
+    lo, hi = common.key_range(
+        pid_m, seqlen_k, causal_offset, window_left, window_right,
+        IS_CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
+    for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < seqlen_k
         k_t = tl.load(
@@ -125,7 +128,8 @@ def _attn_fwd_kernel(
         )
         s = common.scores(
             q, k_t, rows, cols, seqlen_q, seqlen_k, mask_base, stride_mask_q, stride_mask_k,
-            sm_scale_log2, causal_offset, IS_CAUSAL, MASK_KIND, DOT_FP32, IEEE,
+            sm_scale_log2, causal_offset, window_left, window_right, IS_CAUSAL, HAS_WINDOW,
+            MASK_KIND, DOT_FP32, IEEE,
         )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # A row with nothing seen yet keeps m = -inf; subtract 0 there so exp2 gives 0, not NaN.
@@ -169,6 +173,7 @@ def attention_fwd(
     bottom_right: bool,
     dropout_p: float = 0.0,
     seed: int = 0,
+    window: tuple[int, int] | None = None,
 ):
     """Attention forward.
 
@@ -180,6 +185,7 @@ def attention_fwd(
         scale: multiplies q @ k^T. bottom_right: causal alignment (see ``attention_common``).
         dropout_p, seed: dropout on the attention probabilities, drawn by Philox from ``seed``
             (``attention_common.dropout_mask`` gives the mask).
+        window: sliding window (left, right), -1 for an unbounded side, or None.
     Returns:
         o: q's shape, contiguous, q's dtype.
         lse: fp32 base-2 log-sum-exp, (batch, n_heads, seqlen_q) or packed (total_q, n_heads);
@@ -203,9 +209,10 @@ def attention_fwd(
         *common.bhsd_strides(v, p.varlen), *mask_strides,
         *common.bhsd_strides(o, p.varlen), *common.bhs_strides(lse, p.varlen),
         p.n_heads, p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale * common.LOG2E,
-        dropout_p, seed,
+        dropout_p, seed, *common.window_args(window, p),
         **common.flags(
-            q, _attn_fwd_kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0
+            q, _attn_fwd_kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0,
+            window,
         ),
         **config,
     )  # fmt: skip

@@ -18,6 +18,7 @@ def scaled_dot_product_attention(
     enable_gqa=False,
     *,
     causal_alignment="top_left",
+    window=None,
     return_lse=False,
     dropout_mask=None,
 ):
@@ -38,10 +39,18 @@ def scaled_dot_product_attention(
     seqlen_q, seqlen_k = q.shape[2], k.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale
+    offset = seqlen_k - seqlen_q if causal_alignment == "bottom_right" else 0
+    rows = torch.arange(seqlen_q, device=q.device)[:, None]
+    distance = torch.arange(seqlen_k, device=q.device)[None, :] - (rows + offset)
     keep = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=q.device)
     if is_causal:
-        offset = seqlen_k - seqlen_q if causal_alignment == "bottom_right" else 0
-        keep = torch.ones_like(keep).tril(diagonal=offset)
+        keep = keep & (distance <= 0)
+    if window is not None:
+        left, right = window
+        if left >= 0:
+            keep = keep & (distance >= -left)
+        if right >= 0:
+            keep = keep & (distance <= right)
     keep = keep.expand_as(scores)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
@@ -70,8 +79,10 @@ def varlen_attention(
     max_seqlen_q=None,
     max_seqlen_k=None,
     *,
+    dropout_p=0.0,
     is_causal=False,
     causal_alignment="top_left",
+    window=None,
     scale=None,
     return_lse=False,
 ):
@@ -88,6 +99,7 @@ def varlen_attention(
             is_causal=is_causal,
             scale=scale,
             causal_alignment=causal_alignment,
+            window=window,
             return_lse=True,
         )
         outs.append(out.transpose(0, 1))  # (seq, heads, head_dim)
