@@ -1,0 +1,62 @@
+"""The attention kernels compile for sm_90 with wgmma (head_dim <= 128) and without spills, with
+the tiles the launchers pick; checked on any machine (see fastformer/compile_report.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import json
+from fastformer.compile_report import resource_usage, signature_of
+from fastformer.kernels import attention_bwd, attention_common, attention_fwd
+
+KERNELS = {
+    "fwd": attention_fwd._attn_fwd_kernel,
+    "dkdv": attention_bwd._attn_bwd_dkdv_kernel,
+    "dq": attention_bwd._attn_bwd_dq_kernel,
+}
+POINTERS = {"lse_ptr": "fp32", "delta_ptr": "fp32", "dmask_ptr": "fp32", "mask_ptr": "i1",
+            "cu_seqlens_q_ptr": "i32", "cu_seqlens_k_ptr": "i32"}
+UNIT_STRIDES = ("stride_q_dim", "stride_k_dim", "stride_v_dim", "stride_do_dim", "stride_o_dim",
+                "stride_dk_dim", "stride_dq_dim")
+results = []
+for which, kernel in KERNELS.items():
+    for head_dim in (64, 128, 256):
+        config = attention_common.config(head_dim, kernel, which)
+        constexprs = dict(
+            HAS_DROPOUT=False, HAS_WINDOW=False, IS_CAUSAL=True, BOTTOM_RIGHT=False,
+            MASK_KIND=0, VARLEN=False, DOT_FP32=False, IEEE=False, BF16_RNE=False,
+            BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_D=config["BLOCK_D"],
+        )
+        if which == "dq":
+            constexprs["MASK_GRAD"] = False
+        constexprs.update({name: 1 for name in UNIT_STRIDES if name in kernel.arg_names})
+        signature = signature_of(
+            kernel, constexprs, POINTERS, "bf16",
+            float_args=("sm_scale", "sm_scale_log2", "dropout_p"), int64_args=("seed",),
+        )
+        usage = resource_usage(kernel, signature, constexprs, arch=90,
+                               num_warps=config["num_warps"], num_stages=config["num_stages"])
+        results.append(dict(kernel=which, head_dim=head_dim, **usage))
+print(json.dumps(results))
+"""
+
+
+def test_attention_compiles_for_sm90_with_wgmma_and_no_spills():
+    pytest.importorskip("triton.backends.nvidia")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results) == 9
+    for row in results:
+        assert row["STACK"] == 0 and row["LOCAL"] == 0, row
+        if row["head_dim"] <= 128:
+            assert row["wgmma"], row
