@@ -204,3 +204,18 @@ def test_output_past_2_31_elements(device):
 def test_benchmark_shapes_on_gpu(check, device, dtype, m):
     """BERT-base's first GEMM (768 -> 3072) at decode and batch sizes, every gradient."""
     _check_linear(check, _leaves(m, 768, 3072, dtype, device), "gelu")
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["linear", "gated"])
+def test_int64_offset_path(check, device, monkeypatch, gated):
+    """The kernels' int64-offset variant (taken for tensors past 2**31 elements, CASES F2), forced
+    on a small shape so that it runs here too, forward and backward."""
+    from fastformer.kernels import linear as linear_kernels
+
+    monkeypatch.setattr(linear_kernels, "_needs_int64", lambda *tensors: True)
+    x, w, b = _leaves(7, 130, 200, torch.bfloat16, device)
+    if gated:
+        w_up = (torch.randn_like(w, dtype=torch.float32) / 130**0.5).to(w.dtype)
+        check(fastformer.gated_linear, reference.gated_linear, [x, w, w_up.requires_grad_()])
+    else:
+        _check_linear(check, [x, w, b], "gelu")

@@ -103,3 +103,39 @@ def rotary_bytes(
     """
     activations = n_tokens * (n_heads_q + n_heads_k) * head_dim * elem_bytes * 2
     return activations + n_tokens * position_bytes + rotary_dim // 2 * 4
+
+
+def gemm_flops(m: int, n: int, k: int) -> int:
+    """FLOPs of an (m, k) @ (k, n) product: flops = 2 * m * n * k (a multiply and an add each).
+
+    A linear layer's forward is one such product; its backward two (dx and dweight), so
+    ``2 * gemm_flops``; the gated form doubles each. Epilogues (bias, activation) are left out.
+    """
+    return 2 * m * n * k
+
+
+def linear_fwd_bytes(
+    m: int, n: int, k: int, *, elem_bytes: int, has_bias: bool = True, gated: bool = False
+) -> int:
+    """Bytes of a fused linear (+ activation) forward, y = act(x @ W.T + b), x (m, k), W (n, k).
+
+    bytes = elem_bytes * (m * k [read x] + G * n * k [read W, G = 2 gated] + B * n [read bias]
+                          + m * n [write y])
+
+    The pre-activation is not counted: a fused kernel need not write it for inference.
+    """
+    weights = (2 if gated else 1) * n * k
+    return elem_bytes * (m * k + weights + int(has_bias) * n + m * n)
+
+
+def linear_bwd_bytes(
+    m: int, n: int, k: int, *, elem_bytes: int, has_bias: bool = True, gated: bool = False
+) -> int:
+    """Bytes of its backward: read dy and the saved pre-activation(s), x and W; write dx, dW, db.
+
+    bytes = elem_bytes * (m * n [read dy] + G * m * n [read z; gated zg and zu] + m * k [read x]
+                          + G * n * k [read W] + m * k [write dx] + G * n * k [write dW]
+                          + B * n [write db])
+    """
+    g = 2 if gated else 1
+    return elem_bytes * (m * n * (1 + g) + 2 * m * k + 2 * g * n * k + int(has_bias) * n)

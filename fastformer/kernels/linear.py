@@ -25,13 +25,16 @@ the caller allows tf32, the same contract as ``torch.nn.functional.linear``. Und
 interpreter the dots run in fp32 (its bf16 dot is broken; bf16 products are exact in fp32).
 
 Addressing: x and dy are rows (``_runtime.Rows``: two row strides and a column stride, so
-permuted and sliced leading dims are read in place); weights take any two strides. Row and
-column offsets are int64 and the K step is widened before it meets a stride, so outputs and
-inputs past 2**31 elements are addressed correctly.
+permuted and sliced leading dims are read in place); weights take any two strides. Offsets are
+int32 unless a tensor's offsets reach 2**31 (outputs or inputs past 2**31 elements, or strides
+that span as much), when the launcher switches ``INT64_OFFSETS`` on: int64 offsets on every
+tile, at the cost of registers (read off the sm_90 compile: int64 tile addresses made most
+128-row configs spill).
 
 Configs are autotuned on a GPU, keyed on N, K, a power-of-two bucket of M, the activation, the
-form and (through the autotuner) every tensor's dtype. Under the interpreter each kernel has one
-config: the autotuner benchmarks through a GPU driver whenever it has more than one.
+form, the offset width and (through the autotuner) every tensor's dtype. Under the interpreter
+each kernel has one config: the autotuner benchmarks through a GPU driver whenever it has more
+than one.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu", "silu")
 # Output tiles are taken GROUP_M row blocks at a time, so that neighbouring programs share
 # weight tiles in L2 (the ordering of Triton's matmul tutorial).
 GROUP_M = tl.constexpr(8)
-_TUNING_KEY = ["N", "K", "M_BUCKET", "ACTIVATION", "IS_GATED"]
+_TUNING_KEY = ["N", "K", "M_BUCKET", "ACTIVATION", "IS_GATED", "INT64_OFFSETS"]
 
 
 @dataclass(frozen=True)
@@ -65,17 +68,17 @@ class _Tile:
         return triton.Config(blocks, num_warps=self.num_warps, num_stages=self.num_stages)
 
 
-# Candidates for sm_80/sm_90 (bf16): large tiles for large M, narrow ones for decode-sized M.
-# The backward kernels use the same names: dx tiles (BLOCK_M, BLOCK_K) and loops over N;
-# dW tiles (BLOCK_N, BLOCK_K) and loops over M.
+# Candidates for sm_80/sm_90. The backward kernels use the same names: dx tiles (BLOCK_M, BLOCK_K)
+# and loops over N; dW tiles (BLOCK_N, BLOCK_K) and loops over M. Read off the sm_90 bf16 compile
+# (tests/test_linear_compile.py): every tile here compiles without spills in every kernel and
+# form; 128 x 128 and 128 x 256 tiles spill once the gated form's second accumulator or the
+# fused activation is live, so they are left out. M = 16 and 32 serve decode-sized M (mma, not
+# wgmma: a warpgroup's wgmma needs 64 rows).
 _GPU_TILES = (
-    _Tile(128, 256, 64, 8, 3),
-    _Tile(128, 128, 64, 8, 3),
-    _Tile(128, 128, 64, 4, 4),
-    _Tile(64, 128, 64, 4, 4),
-    _Tile(128, 64, 64, 4, 4),
+    _Tile(128, 64, 64, 8, 3),
+    _Tile(64, 128, 64, 8, 3),
     _Tile(64, 64, 64, 4, 4),
-    _Tile(16, 128, 128, 4, 4),
+    _Tile(32, 128, 64, 4, 4),
     _Tile(16, 64, 128, 4, 3),
 )
 # The interpreter runs one program at a time and pays per operation, not per element: wide tiles
@@ -100,6 +103,16 @@ def _tile_ids(pid, n_rows, n_cols, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.cons
     pid_row = first_row_block + (pid % per_group) % group_rows
     pid_col = (pid % per_group) // group_rows
     return pid_row, pid_col
+
+
+@triton.jit
+def _widened(offsets, INT64_OFFSETS: tl.constexpr):
+    """``offsets`` as int64 when INT64_OFFSETS (the launcher sets it for tensors whose offsets
+    reach 2**31), else unchanged: int32 offsets keep a 128-row tile's addresses in half the
+    registers, which the sm_90 compile needs to avoid spills."""
+    if INT64_OFFSETS:
+        return tl.cast(offsets, tl.int64)  # a cast, not .to(): a stride of 1 arrives as an int
+    return offsets
 
 
 @triton.jit
@@ -132,15 +145,16 @@ def _linear_fwd_kernel(
     DOT_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BF16_RNE: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """One (BLOCK_M, BLOCK_N) tile of y = act(x @ W.T + b), or act(x @ Wg.T) * (x @ Wu.T)."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+    offs_m = _widened(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64_OFFSETS)
+    offs_n = _widened(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64_OFFSETS)
+    offs_k = _widened(tl.arange(0, BLOCK_K), INT64_OFFSETS)
     mask_m = offs_m < M
     mask_n = offs_n < N
 
@@ -150,9 +164,9 @@ def _linear_fwd_kernel(
         w_ptr + offs_k[:, None] * stride_w_k + offs_n[None, :] * stride_w_n
     )  # (BLOCK_K, BLOCK_N)
     w_up_ptrs = w_up_ptr + offs_k[:, None] * stride_w_up_k + offs_n[None, :] * stride_w_up_n
-    x_step = tl.cast(stride_x_k, tl.int64) * BLOCK_K  # a stride of 1 arrives as an int
-    w_step = tl.cast(stride_w_k, tl.int64) * BLOCK_K
-    w_up_step = tl.cast(stride_w_up_k, tl.int64) * BLOCK_K
+    x_step = _widened(stride_x_k, INT64_OFFSETS) * BLOCK_K
+    w_step = _widened(stride_w_k, INT64_OFFSETS) * BLOCK_K
+    w_up_step = _widened(stride_w_up_k, INT64_OFFSETS) * BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
@@ -234,15 +248,16 @@ def _linear_bwd_dx_kernel(
     DOT_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BF16_RNE: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """One (BLOCK_M, BLOCK_K) tile of dx = g @ W (+ du @ Wu), g formed in the prologue."""
     pid_m, pid_k = _tile_ids(tl.program_id(0), M, K, BLOCK_M, BLOCK_K)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_m = _widened(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64_OFFSETS)
+    offs_k = _widened(pid_k * BLOCK_K + tl.arange(0, BLOCK_K), INT64_OFFSETS)
+    offs_n = _widened(tl.arange(0, BLOCK_N), INT64_OFFSETS)
     mask_m = offs_m < M
     mask_k = offs_k < K
 
@@ -302,6 +317,7 @@ def _linear_bwd_dw_kernel(
     DOT_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BF16_RNE: tl.constexpr,
+    INT64_OFFSETS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -309,9 +325,9 @@ def _linear_bwd_dw_kernel(
     """One (BLOCK_N, BLOCK_K) tile of dW = g.T @ x (and dWu = du.T @ x); the programs of the
     first K block also write db = Σ_rows g for their BLOCK_N columns."""
     pid_n, pid_k = _tile_ids(tl.program_id(0), N, K, BLOCK_N, BLOCK_K)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_n = _widened(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64_OFFSETS)
+    offs_k = _widened(pid_k * BLOCK_K + tl.arange(0, BLOCK_K), INT64_OFFSETS)
+    offs_m = _widened(tl.arange(0, BLOCK_M), INT64_OFFSETS)
     mask_n = offs_n < N
     mask_k = offs_k < K
 
@@ -354,6 +370,16 @@ def _linear_bwd_dw_kernel(
 _fwd = _autotuned(_linear_fwd_kernel)
 _bwd_dx = _autotuned(_linear_bwd_dx_kernel)
 _bwd_dw = _autotuned(_linear_bwd_dw_kernel)
+
+
+def _offset_span(tensor: torch.Tensor) -> int:
+    """One past the largest element offset ``tensor`` can reach from its start."""
+    dims = zip(tensor.shape, tensor.stride(), strict=True)
+    return 1 + sum((size - 1) * abs(stride) for size, stride in dims)
+
+
+def _needs_int64(*tensors) -> bool:
+    return any(t is not None and _offset_span(t) >= _runtime.INT32_LIMIT for t in tensors)
 
 
 def _precision_flags(kernel, dtype: torch.dtype) -> dict:
@@ -448,6 +474,7 @@ def linear_fwd(
         IS_GATED=gated,
         HAS_BIAS=bias is not None,
         STORE_PRE=store_pre,
+        INT64_OFFSETS=_needs_int64(x.tensor, weight, w_up, y),
         **_precision_flags(_linear_fwd_kernel, dtype),
     )
     return y, z, z_up
@@ -510,6 +537,7 @@ def linear_bwd(
                 k,  # dx is contiguous
                 ACTIVATION=activation,
                 IS_GATED=gated,
+                INT64_OFFSETS=_needs_int64(dy.tensor, z, weight, w_up, dx),
                 **_precision_flags(_linear_bwd_dx_kernel, dtype),
             )
     if compute_dw or compute_db:
@@ -542,6 +570,7 @@ def linear_bwd(
                 ACTIVATION=activation,
                 IS_GATED=gated,
                 COMPUTE_DB=compute_db,
+                INT64_OFFSETS=_needs_int64(dy.tensor, z, x.tensor, dw),
                 **_precision_flags(_linear_bwd_dw_kernel, dtype),
             )
         if not compute_dw:

@@ -1,0 +1,96 @@
+"""The feed-forward suite: the fused linear + bias + GELU GEMM and the gated (SwiGLU) GEMM.
+
+On a GPU, bf16, at the first GEMM of BERT-base and GPT-2 (768 -> 3072, + bias + GELU) and the
+gate/up GEMM of LLaMA-7B (4096 -> 11008, SwiGLU), with 512, 4096 and 16384 tokens. On the CPU
+the kernels run in Triton's interpreter, so the suite shrinks to 64 tokens of 128 -> 256
+features: enough to exercise the kernels, the checks and the table.
+
+Providers: eager ``F.linear`` followed by ``F.gelu`` (or ``silu(x @ Wg.T) * (x @ Wu.T)``), the
+same under torch.compile, and fastformer. The runner reports GB/s from
+:func:`counts.linear_fwd_bytes`; a GEMM is compute-bound, so TFLOP/s, from
+:func:`counts.gemm_flops` (``2 * M * N * K`` per product), is the unit that matters:
+:func:`case_flops` gives it per case and mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+
+import fastformer
+from fastformer import reference
+from fastformer.benchmarks import counts
+from fastformer.benchmarks.runner import COMPILE, EAGER, FASTFORMER, Case, lazy_compile
+
+DEFAULT_DTYPE = torch.bfloat16
+# (name, in_features, out_features, gated, activation)
+GPU_LAYERS = (
+    ("bert_base", 768, 3072, False, "gelu"),
+    ("gpt2", 768, 3072, False, "gelu_tanh"),
+    ("llama_7b", 4096, 11008, True, "silu"),
+)
+CPU_LAYERS = (("tiny", 128, 256, False, "gelu"), ("tiny_gated", 128, 256, True, "silu"))
+GPU_TOKENS = (512, 4096, 16384)
+CPU_TOKENS = (64,)
+
+
+def _make_inputs(device, generator, *, m, k, n, gated, activation, dtype):
+    def randn(*size, scale=1.0):
+        return scale * torch.randn(size, dtype=dtype, device=device, generator=generator)
+
+    inputs: dict[str, object] = {"x": randn(m, k)}
+    if gated:
+        inputs["weight_gate"] = randn(n, k, scale=k**-0.5)
+        inputs["weight_up"] = randn(n, k, scale=k**-0.5)
+    else:
+        inputs["weight"] = randn(n, k, scale=k**-0.5)
+        inputs["bias"] = randn(n)
+    inputs["activation"] = activation
+    return inputs
+
+
+def linear_case(
+    name: str, k: int, n: int, gated: bool, activation: str, m: int, dtype: torch.dtype
+) -> Case:
+    """One layer at ``m`` tokens; its op name is ``linear+<activation>`` or ``gated+<act>``."""
+    ref = reference.gated_linear if gated else reference.linear
+    ours = fastformer.gated_linear if gated else fastformer.linear
+    sizes = dict(elem_bytes=dtype.itemsize, has_bias=not gated, gated=gated)
+    return Case(
+        op=("gated+" if gated else "linear+") + f"{activation}[{name}]",
+        shape=(m, k, n),
+        dtype=dtype,
+        make_inputs=partial(
+            _make_inputs, m=m, k=k, n=n, gated=gated, activation=activation, dtype=dtype
+        ),
+        reference=ref,
+        providers={EAGER: ref, COMPILE: lazy_compile(ref), FASTFORMER: ours},
+        fwd_bytes=counts.linear_fwd_bytes(m, n, k, **sizes),
+        bwd_bytes=counts.linear_bwd_bytes(m, n, k, **sizes),
+    )
+
+
+def case_flops(case: Case, mode: str) -> int:
+    """FLOPs of one timed call of ``case`` in ``mode`` (fwd: one GEMM per weight; bwd: two)."""
+    m, k, n = case.shape
+    per_weight = counts.gemm_flops(m, n, k) * (2 if case.op.startswith("gated") else 1)
+    return {"fwd": per_weight, "bwd": 2 * per_weight, "fwd+bwd": 3 * per_weight}[mode]
+
+
+def linear_cases(
+    device: torch.device,
+    dtypes: Sequence[torch.dtype] = (DEFAULT_DTYPE,),
+    tokens: Sequence[int] | None = None,
+) -> list[Case]:
+    """The suite's cases: every layer at every token count and dtype."""
+    on_gpu = device.type == "cuda"
+    layers = GPU_LAYERS if on_gpu else CPU_LAYERS
+    tokens = tokens if tokens is not None else (GPU_TOKENS if on_gpu else CPU_TOKENS)
+    return [
+        linear_case(name, k, n, gated, activation, m, dtype)
+        for name, k, n, gated, activation in layers
+        for dtype in dtypes
+        for m in tokens
+    ]

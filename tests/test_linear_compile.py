@@ -1,0 +1,96 @@
+"""The feed-forward kernels compile for sm_90 with wgmma and without spills, on any machine.
+
+Triton's interpreter accepts code that the GPU compiler rejects or spills; this compiles every
+autotuning candidate of every kernel and form for sm_90 in a separate process (without
+TRITON_INTERPRET) and reads the cubin's resource usage with the cuobjdump shipped in Triton's
+wheel. Arguments are specialized as the launcher's JIT specializes them at model shapes: unit
+strides are constants, pointers, sizes and row strides multiples of 16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = r"""
+import json, os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastformer.kernels import linear
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+UNIT_STRIDES = ("stride_x_k", "stride_w_k", "stride_w_up_k", "stride_b_n", "stride_dy_n")
+
+
+def compile_for_sm90(kernel, flags, tile):
+    constexprs = dict(flags, INT64_OFFSETS=False, DOT_FP32=False, INPUT_PRECISION="tf32",
+                      BF16_RNE=False, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
+                      BLOCK_K=tile.block_k)
+    constexprs.update({name: 1 for name in UNIT_STRIDES if name in kernel.arg_names})
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        signature[name] = "*bf16" if name.endswith("_ptr") else "i32"
+        if "inner" not in name and "outer" not in name:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True,
+                         text=True, check=True).stdout
+    os.unlink(f.name)
+    line = next(line for line in out.splitlines() if "REG:" in line)
+    usage = {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", line)}
+    usage["wgmma"] = "wgmma" in compiled.asm["ptx"]
+    return usage
+
+
+FWD = dict(ACTIVATION="gelu", IS_GATED=False, HAS_BIAS=True, STORE_PRE=False)
+VARIANTS = {
+    "fwd_gelu": (linear._linear_fwd_kernel, FWD),
+    "fwd_gated_silu_store": (linear._linear_fwd_kernel,
+                             dict(FWD, ACTIVATION="silu", IS_GATED=True, HAS_BIAS=False,
+                                  STORE_PRE=True)),
+    "dx_gated_silu": (linear._linear_bwd_dx_kernel, dict(ACTIVATION="silu", IS_GATED=True)),
+    "dw_gated_silu": (linear._linear_bwd_dw_kernel,
+                      dict(ACTIVATION="silu", IS_GATED=True, COMPUTE_DB=False)),
+    "dw_gelu_db": (linear._linear_bwd_dw_kernel,
+                   dict(ACTIVATION="gelu", IS_GATED=False, COMPUTE_DB=True)),
+}
+results = {}
+for tile in linear._GPU_TILES:
+    for name, (kernel, flags) in VARIANTS.items():
+        key = f"{name}_{tile.block_m}x{tile.block_n}x{tile.block_k}_w{tile.num_warps}"
+        results[key] = dict(compile_for_sm90(kernel, flags, tile), block_m=tile.block_m)
+print(json.dumps(results))
+"""
+
+
+def test_compiles_for_sm90_with_wgmma_and_no_spills(tmp_path):
+    pytest.importorskip("triton.backends.nvidia")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "compile_linear.py"  # @triton.jit needs its source in a file
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    if done.returncode != 0 and "cuobjdump" in done.stderr and "No such file" in done.stderr:
+        pytest.skip("Triton's wheel has no cuobjdump here")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, usage in results.items():
+        assert usage["STACK"] == 0 and usage["LOCAL"] == 0, (name, usage)
+        # A warpgroup's wgmma covers 64 rows: tiles of 64 rows or more must use it.
+        if name.startswith("fwd") and usage["block_m"] >= 64:
+            assert usage["wgmma"], (name, usage)
