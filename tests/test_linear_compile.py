@@ -29,7 +29,7 @@ UNIT_STRIDES = ("stride_x_k", "stride_w_k", "stride_w_up_k", "stride_b_n", "stri
 
 
 def compile_for_sm90(kernel, flags, tile):
-    constexprs = dict(flags, INT64_OFFSETS=False, DOT_FP32=False, INPUT_PRECISION="tf32",
+    constexprs = dict(dict(INT64_OFFSETS=False), **flags, DOT_FP32=False, INPUT_PRECISION="tf32",
                       BF16_RNE=False, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
                       BLOCK_K=tile.block_k)
     constexprs.update({name: 1 for name in UNIT_STRIDES if name in kernel.arg_names})
@@ -67,11 +67,24 @@ VARIANTS = {
     "dw_gelu_db": (linear._linear_bwd_dw_kernel,
                    dict(ACTIVATION="gelu", IS_GATED=False, COMPUTE_DB=True)),
 }
+# The int64-offset variants (tensors past 2**31 elements) and the identity activation must
+# compile too; they may spill, so they are checked on one tile for compiling only.
+COMPILES = {
+    "fwd_int64_gated": (linear._linear_fwd_kernel,
+                        dict(FWD, IS_GATED=True, HAS_BIAS=False, INT64_OFFSETS=True)),
+    "dx_int64_none": (linear._linear_bwd_dx_kernel,
+                      dict(ACTIVATION=None, IS_GATED=False, INT64_OFFSETS=True)),
+    "dw_int64_none_db": (linear._linear_bwd_dw_kernel,
+                         dict(ACTIVATION=None, IS_GATED=False, COMPUTE_DB=True,
+                              INT64_OFFSETS=True)),
+}
 results = {}
 for tile in linear._GPU_TILES:
     for name, (kernel, flags) in VARIANTS.items():
         key = f"{name}_{tile.block_m}x{tile.block_n}x{tile.block_k}_w{tile.num_warps}"
         results[key] = dict(compile_for_sm90(kernel, flags, tile), block_m=tile.block_m)
+for name, (kernel, flags) in COMPILES.items():
+    compile_for_sm90(kernel, flags, linear._GPU_TILES[0])
 print(json.dumps(results))
 """
 

@@ -110,8 +110,9 @@ def _widened(offsets, INT64_OFFSETS: tl.constexpr):
     """``offsets`` as int64 when INT64_OFFSETS (the launcher sets it for tensors whose offsets
     reach 2**31), else unchanged: int32 offsets keep a 128-row tile's addresses in half the
     registers, which the sm_90 compile needs to avoid spills."""
+    # One return: the GPU compiler rejects returns of two types even when one is never taken.
     if INT64_OFFSETS:
-        return tl.cast(offsets, tl.int64)  # a cast, not .to(): a stride of 1 arrives as an int
+        offsets = tl.cast(offsets, tl.int64)  # a cast, not .to(): a stride of 1 arrives as an int
     return offsets
 
 
