@@ -219,3 +219,13 @@ def test_int64_offset_path(check, device, monkeypatch, gated):
         check(fastformer.gated_linear, reference.gated_linear, [x, w, w_up.requires_grad_()])
     else:
         _check_linear(check, [x, w, b], "gelu")
+
+
+def test_repeated_backward_is_bitwise_identical(device):
+    """No atomics: every dW/db tile is reduced by one program, so repeats give the same bits."""
+    x, w, b = _leaves(70, 96, 200, torch.bfloat16, device)
+    dy = torch.randn(70, 200, device=device).to(torch.bfloat16)
+    first = torch.autograd.grad(fastformer.linear(x, w, b, "gelu"), (x, w, b), dy)
+    for _ in range(3):
+        again = torch.autograd.grad(fastformer.linear(x, w, b, "gelu"), (x, w, b), dy)
+        assert all(torch.equal(a, f) for a, f in zip(again, first, strict=True))
