@@ -81,6 +81,8 @@ COMPILES = {
 results = {}
 for tile in linear._GPU_TILES:
     for name, (kernel, flags) in VARIANTS.items():
+        if tile.plain_only and flags.get("IS_GATED"):
+            continue
         key = f"{name}_{tile.block_m}x{tile.block_n}x{tile.block_k}_w{tile.num_warps}"
         results[key] = dict(compile_for_sm90(kernel, flags, tile), block_m=tile.block_m)
 for name, (kernel, flags) in COMPILES.items():
@@ -107,3 +109,13 @@ def test_compiles_for_sm90_with_wgmma_and_no_spills(tmp_path):
         # A warpgroup's wgmma covers 64 rows: tiles of 64 rows or more must use it.
         if name.startswith("fwd") and usage["block_m"] >= 64:
             assert usage["wgmma"], (name, usage)
+
+
+def test_gated_launches_never_take_plain_only_tiles():
+    from fastformer.kernels import linear
+
+    configs = [tile.config() for tile in linear._GPU_TILES]
+    gated = linear._prune_for_form(configs, {}, IS_GATED=True)
+    plain = linear._prune_for_form(configs, {}, IS_GATED=False)
+    assert plain == configs and gated
+    assert all(linear._config_id(config) not in linear._PLAIN_ONLY for config in gated)

@@ -62,6 +62,7 @@ class _Tile:
     block_k: int
     num_warps: int
     num_stages: int
+    plain_only: bool = False  # spills with the gated form's second accumulator
 
     def config(self) -> triton.Config:
         blocks = dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_K=self.block_k)
@@ -70,11 +71,12 @@ class _Tile:
 
 # Candidates for sm_80/sm_90. The backward kernels use the same names: dx tiles (BLOCK_M, BLOCK_K)
 # and loops over N; dW tiles (BLOCK_N, BLOCK_K) and loops over M. Read off the sm_90 bf16 compile
-# (tests/test_linear_compile.py): every tile here compiles without spills in every kernel and
-# form; 128 x 128 and 128 x 256 tiles spill once the gated form's second accumulator or the
-# fused activation is live, so they are left out. M = 16 and 32 serve decode-sized M (mma, not
-# wgmma: a warpgroup's wgmma needs 64 rows).
+# (tests/test_linear_compile.py): every tile here compiles without spills in every kernel of the
+# forms it serves; 128 x 128 spills with the gated form's two accumulators, so it serves the
+# plain form only, and 128 x 256 spills in both, so it is left out. M = 16 and 32 serve
+# decode-sized M (mma, not wgmma: a warpgroup's wgmma needs 64 rows).
 _GPU_TILES = (
+    _Tile(128, 128, 64, 8, 3, plain_only=True),
     _Tile(128, 64, 64, 8, 3),
     _Tile(64, 128, 64, 8, 3),
     _Tile(64, 64, 64, 4, 4),
@@ -86,9 +88,28 @@ _GPU_TILES = (
 _INTERPRETER_TILE = _Tile(32, 128, 128, 4, 1)
 
 
+def _config_id(config: triton.Config) -> tuple[int, ...]:
+    blocks = (config.kwargs[name] for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    return (*blocks, config.num_warps, config.num_stages)
+
+
+_PLAIN_ONLY = {_config_id(tile.config()) for tile in _GPU_TILES if tile.plain_only}
+
+
+def _prune_for_form(configs, named_args, **kwargs):
+    """The autotuner's candidates for this launch: the gated form drops the plain-only tiles."""
+    if not kwargs.get("IS_GATED"):
+        return configs
+    return [config for config in configs if _config_id(config) not in _PLAIN_ONLY]
+
+
 def _autotuned(kernel):
     tiles = (_INTERPRETER_TILE,) if _runtime.is_interpreted(kernel) else _GPU_TILES
-    return triton.autotune(configs=[tile.config() for tile in tiles], key=_TUNING_KEY)(kernel)
+    return triton.autotune(
+        configs=[tile.config() for tile in tiles],
+        key=_TUNING_KEY,
+        prune_configs_by={"early_config_prune": _prune_for_form},
+    )(kernel)
 
 
 @triton.jit
