@@ -237,6 +237,80 @@ def test_in_place_on_fused_qkv_leaves_v_alone(device):
     assert torch.equal(qkv[:, :, 2], before[:, :, 2])
 
 
+def _linear_views(lin, x, shape_q, shape_k):
+    q = lin(x)[..., : shape_q[-2] * shape_q[-1]].view(shape_q)  # (B, S, Hq, D), a view
+    k = lin(x).view(shape_k)  # (B, S, Hk, D), a view of another Linear output
+    return q, k
+
+
+def _fused_views(lin, x, n_heads_q, n_heads_k, head_dim):
+    qkv = lin(x).unflatten(-1, (n_heads_q + 2 * n_heads_k, head_dim))  # (B, S, Hq + 2 Hk, D)
+    return qkv[:, :, :n_heads_q], qkv[:, :, n_heads_q : n_heads_q + n_heads_k]
+
+
+@pytest.mark.parametrize("source", ["linear_views", "fused_qkv_slices", "transposed"])
+@pytest.mark.parametrize("interleaved", STYLES, ids=STYLE_IDS)
+def test_in_place_on_views_under_autograd(device, interleaved, source):
+    """In place on views (a Linear output reshaped, slices of a fused qkv projection, a
+    transpose): autograd accepts it, and outputs and gradients equal the out-of-place call's."""
+    batch, seqlen, n_heads_q, n_heads_k, head_dim = 2, 5, 4, 2, 16
+    inv_freq = _inv_freq(12, device)
+    x = torch.randn(batch, seqlen, 32, device=device)
+    width = (n_heads_q + 2 * n_heads_k) * head_dim
+    lin = torch.nn.Linear(32, width, device=device)
+
+    def run(inplace):
+        lin.zero_grad()
+        layout = "bshd"
+        if source == "fused_qkv_slices":
+            q, k = _fused_views(lin, x, n_heads_q, n_heads_k, head_dim)
+        else:
+            shape_k = (batch, seqlen, width // head_dim, head_dim)
+            q, k = _linear_views(lin, x, (batch, seqlen, n_heads_q, head_dim), shape_k)
+        if source == "transposed":
+            q, k, layout = q.transpose(1, 2), k.transpose(1, 2), "bhsd"  # (B, H, S, D)
+        q_rot, k_rot = fastformer.apply_rotary(
+            q, k, inv_freq, interleaved=interleaved, layout=layout, inplace=inplace
+        )
+        assert (q_rot is q and k_rot is k) == inplace
+        weights = torch.linspace(-1, 1, q_rot.numel(), device=device).view(q_rot.shape)
+        ((q_rot * weights).sum() + (k_rot * k_rot).sum()).backward()
+        return q_rot.detach(), k_rot.detach(), lin.weight.grad.clone(), lin.bias.grad.clone()
+
+    expected, got = run(inplace=False), run(inplace=True)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_in_place_one_launch_forward(device, monkeypatch):
+    """The in-place forward still rotates q and k in one launch (the backward takes two)."""
+    import fastformer.functional.rotary as functional_rotary
+
+    calls = []
+    original = functional_rotary.rotary_fwd
+    monkeypatch.setattr(
+        functional_rotary, "rotary_fwd", lambda *a, **kw: calls.append(1) or original(*a, **kw)
+    )
+    lin = torch.nn.Linear(8, 64, device=device)
+    q, k = _fused_views(lin, torch.randn(1, 3, 8, device=device), 2, 1, 16)
+    q_rot, k_rot = fastformer.apply_rotary(q, k, _inv_freq(16, device), inplace=True)
+    assert len(calls) == 1
+    (q_rot.sum() + k_rot.sum()).backward()
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("scale", [np.float32(1.2), np.float64(1.2), np.float16(1.5), 2], ids=str)
+def test_attention_scaling_real_scalars(device, scale):
+    """Any real scalar (numpy floats of any width included) scales like the same Python float."""
+    q = torch.randn(1, 3, 2, 8, device=device)
+    k = torch.randn(1, 3, 1, 8, device=device)
+    inv_freq = _inv_freq(8, device)
+    got = fastformer.apply_rotary(q, k, inv_freq, attention_scaling=scale)
+    expected = fastformer.apply_rotary(q, k, inv_freq, attention_scaling=float(scale))
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(
     "sizes",
     [(0, 5, 4, 2), (2, 0, 4, 2), (2, 5, 0, 2), (2, 5, 4, 0), (2, 5, 0, 0)],

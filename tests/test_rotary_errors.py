@@ -3,8 +3,10 @@ before any launch (and before anything is written, in place or not)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from transformers import Gemma3TextConfig, GPTJConfig
 
 import fastformer
 from fastformer.functional.rope_scaling import RopeParameters, rope_init
@@ -181,7 +183,13 @@ CASES = [
         "attention_scaling_tensor",
         lambda: ROT(_q(), _k(), _f(), attention_scaling=torch.tensor(1.0)),
         TypeError,
-        "attention_scaling must be a float",
+        "attention_scaling must be a real number",
+    ),
+    (
+        "attention_scaling_numpy_bool",
+        lambda: ROT(_q(), _k(), _f(), attention_scaling=np.bool_(True)),
+        TypeError,
+        "attention_scaling must be a real number",
     ),
     (
         "rope_type_unknown",
@@ -226,7 +234,58 @@ def test_rejected_in_place_call_writes_nothing():
     assert torch.equal(q, q0) and torch.equal(k, k0)
 
 
-def test_in_place_on_a_leaf_that_requires_grad_is_refused_by_autograd():
-    q = _q().requires_grad_()
-    with pytest.raises(RuntimeError, match="leaf"):
+@pytest.mark.parametrize("view", [False, True], ids=["leaf", "view_of_leaf"])
+def test_in_place_on_a_leaf_that_requires_grad_is_refused_before_launch(view):
+    leaf = _q().requires_grad_()
+    q = leaf[:, :, :2] if view else leaf
+    q0 = q.detach().clone()
+    with pytest.raises(ValueError, match="leaf tensor that requires grad"):
         ROT(q, _k(), _f(), inplace=True)
+    assert torch.equal(q.detach(), q0)
+
+
+def _overlapping_in_place_calls():
+    t = _q()
+    qkv = _q(2, 5, 8, 16)
+    odd = torch.randn(400)
+    return {
+        "q_is_k": (t, t, "q and k share memory"),
+        "q_expanded": (t[:, :, :1].expand(2, 5, 4, 16), _k(), "q (shape=(2, 5, 4, 16)"),
+        "k_expanded": (_q(), torch.randn(16).expand(2, 5, 2, 16), "k (shape=(2, 5, 2, 16)"),
+        "heads_overlap": (qkv[:, :, :4], qkv[:, :, 3:5], "q and k share memory"),
+        "q_k_offset_by_one": (qkv[:, :, :4, :8], qkv[:, :, :2, 1:9], "q and k share memory"),
+        "internal_overlap": (odd.as_strided((2, 5, 4, 16), (37, 11, 5, 1)), _k(), "q (shape="),
+        "k_in_q_transposed": (t, t.transpose(1, 2)[:, :2].transpose(1, 2), "share memory"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_overlapping_in_place_calls()))
+def test_in_place_on_overlapping_memory_is_refused(name):
+    """In place on elements that alias (q is k, an expanded view, overlapping slices) would
+    rotate an element more than once: refused before anything is written."""
+    q, k, match = _overlapping_in_place_calls()[name]
+    q0, k0 = q.clone(), k.clone()
+    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        ROT(q, k, _f(q.shape[-1] // 2), inplace=True)
+    assert torch.equal(q, q0) and torch.equal(k, k0)
+
+
+def test_in_place_on_disjoint_slices_of_one_buffer_is_accepted():
+    """Interleaved but disjoint views of one buffer (q, k and v heads of a fused qkv) pass."""
+    qkv = _q(2, 5, 8, 16)
+    ROT(qkv[:, :, :4], qkv[:, :, 4:6], _f(), inplace=True)
+    ROT(qkv[:, :, :4, :8], qkv[:, :, 4:6, 8:], _f(4), inplace=True)
+    ROT(qkv[..., ::2], qkv[..., 1::2], _f(4), inplace=True)
+
+
+def test_per_layer_rope_parameters_need_layer_type():
+    config = Gemma3TextConfig()
+    with pytest.raises(ValueError, match="per layer type.*full_attention.*sliding_attention"):
+        RotaryEmbedding.from_config(config)
+    with pytest.raises(ValueError, match="layer_type='global' is not one of"):
+        RotaryEmbedding.from_config(config, layer_type="global")
+
+
+def test_gptj_rotary_dim_larger_than_head_dim():
+    with pytest.raises(ValueError, match="config.rotary_dim=256"):
+        RotaryEmbedding.from_config(GPTJConfig(n_embd=256, n_head=2, rotary_dim=256))

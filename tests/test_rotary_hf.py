@@ -8,8 +8,9 @@ import functools
 
 import pytest
 import torch
-from transformers import GPTJConfig, GPTNeoXConfig, LlamaConfig
+from transformers import Gemma3TextConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.models.gemma3 import modeling_gemma3 as hf_gemma3
 from transformers.models.gpt_neox import modeling_gpt_neox as hf_neox
 from transformers.models.gptj import modeling_gptj as hf_gptj
 from transformers.models.llama import modeling_llama as hf_llama
@@ -142,6 +143,73 @@ def test_gptj_interleaved_partial_rotary(device):
     got = ours.to(device)(q, k, position_ids)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_from_config_gptj_rotary_dim(device):
+    """GPT-J's config.rotary_dim: 64 of head_dim 128 rotated, as GPT-J's own code does."""
+    config = GPTJConfig(n_embd=256, n_head=2, rotary_dim=64, n_positions=128)
+    module = RotaryEmbedding.from_config(config, interleaved=True, device=device)
+    assert module.params.rotary_dim == 64 and module.inv_freq.shape == (32,)
+    hf_rope = hf_gptj.GPTJRotaryEmbedding(config).to(device)
+    q = torch.randn(2, 5, 2, 128, device=device)
+    k = torch.randn(2, 5, 2, 128, device=device)
+    position_ids = _positions(device, 2, 5, 128)
+    sin, cos = hf_rope(q, position_ids)
+    expected = [
+        torch.cat([hf_gptj.apply_rotary_pos_emb(x[..., :64], sin, cos), x[..., 64:]], dim=-1)
+        for x in (q, k)
+    ]
+    for a, b in zip(module(q, k, position_ids), expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GPTNeoXConfig(hidden_size=256, num_attention_heads=4, rotary_pct=0.25),
+        LlamaConfig(hidden_size=256, num_attention_heads=4, partial_rotary_factor=0.5),
+        LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=32),
+    ],
+    ids=["rotary_pct", "partial_rotary_factor", "head_dim"],
+)
+def test_from_config_partial_rotary_spellings(config):
+    head_dim = getattr(config, "head_dim", None) or 64
+    partial = getattr(config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", 1)
+    partial = config.rope_parameters.get("partial_rotary_factor", partial)
+    module = RotaryEmbedding.from_config(config)
+    assert module.inv_freq.shape == (int(head_dim * partial) // 2,)
+
+
+GEMMA3_ROPE = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+}
+
+
+@pytest.mark.parametrize("layer_type", list(GEMMA3_ROPE))
+def test_from_config_per_layer_rope_parameters(layer_type):
+    """Gemma 3's per-layer rope_parameters: layer_type picks the entry, as Gemma 3 does."""
+    config = Gemma3TextConfig(head_dim=64, rope_parameters=GEMMA3_ROPE)
+    hf_rope = hf_gemma3.Gemma3RotaryEmbedding(config)
+    module = RotaryEmbedding.from_config(config, layer_type=layer_type)
+    assert module.params.rope_type == GEMMA3_ROPE[layer_type]["rope_type"]
+    expected = getattr(hf_rope, f"{layer_type}_inv_freq")
+    torch.testing.assert_close(module.inv_freq, expected, rtol=0, atol=0)
+    assert module.attention_scaling == getattr(hf_rope, f"{layer_type}_attention_scaling")
+
+
+def test_meta_init_then_to_empty_recomputes_inv_freq(device):
+    """Built on the meta device then materialised with to_empty(): inv_freq is computed, not
+    left as uninitialised memory."""
+    expected = RotaryEmbedding(32, base=500000.0).inv_freq.to(device)
+    with torch.device("meta"):
+        module = RotaryEmbedding(32, base=500000.0)
+    assert module.inv_freq.is_meta
+    module = module.to_empty(device=device)
+    torch.testing.assert_close(module.inv_freq, expected, rtol=0, atol=0)
+    module.inv_freq.fill_(float("nan"))
+    module.reset_parameters()
+    torch.testing.assert_close(module.inv_freq, expected, rtol=0, atol=0)
 
 
 def _module_check(check, module, dtype, device, seqlen, **kwargs):

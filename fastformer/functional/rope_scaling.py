@@ -4,7 +4,9 @@ One function per scaling type, written from the formulas (RoPE, position interpo
 Llama 3.1, YaRN), computed in fp32 with torch in the order eager Hugging Face models use, so
 that a model's angles are the ones it was trained with (the tests check equality with
 ``transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS``). ``rotary_dim = int(head_dim *
-partial_rotary_factor)``; base frequencies ``inv_freq[j] = 1 / theta ** (2j / rotary_dim)``.
+partial_rotary_factor)`` (from a config: ``partial_rotary_factor``, ``rotary_pct`` or
+GPT-J's ``rotary_dim``; per-layer parameters by ``layer_type``); base frequencies
+``inv_freq[j] = 1 / theta ** (2j / rotary_dim)``.
 
 - ``default``: the base frequencies.
 - ``linear`` (position interpolation): divided by ``factor``.
@@ -65,19 +67,35 @@ class RopeParameters:
         return int(self.head_dim * self.partial_rotary_factor)
 
     @classmethod
-    def from_config(cls, config) -> RopeParameters:
-        """From a transformers config (``rope_parameters`` and the head size)."""
-        params = dict(getattr(config, "rope_parameters", None) or {})
-        legacy = getattr(config, "rope_scaling", None)
+    def from_config(cls, config, layer_type: str | None = None) -> RopeParameters:
+        """From a transformers config (``rope_parameters`` and the head size).
+
+        Per-layer ``rope_parameters`` (Gemma 3: ``{"sliding_attention": {...},
+        "full_attention": {...}}``) need ``layer_type``, one of their keys; a config with one
+        set of parameters ignores it (they apply to every layer). Partial rotary comes from
+        ``partial_rotary_factor``, ``rotary_pct`` (GPT-NeoX) or ``rotary_dim`` (GPT-J, CodeGen:
+        features per head).
+        """
+        params = dict(_layer_entry(getattr(config, "rope_parameters", None), layer_type) or {})
+        legacy = _layer_entry(getattr(config, "rope_scaling", None), layer_type)
         if isinstance(legacy, dict):
             params = {**legacy, **params}
         params.setdefault("rope_type", params.pop("type", "default"))
         params.setdefault("rope_theta", getattr(config, "rope_theta", None) or DEFAULT_THETA)
-        partial = getattr(config, "partial_rotary_factor", None)
-        if partial is not None:
-            params.setdefault("partial_rotary_factor", partial)
         head_dim = getattr(config, "head_dim", None)
         head_dim = head_dim or config.hidden_size // config.num_attention_heads
+        partial = getattr(config, "partial_rotary_factor", None)
+        if partial is None:
+            partial = getattr(config, "rotary_pct", None)
+        rotary_dim = getattr(config, "rotary_dim", None)
+        if partial is None and rotary_dim is not None:
+            if not 0 < rotary_dim <= head_dim:
+                raise ValueError(
+                    f"config.rotary_dim={rotary_dim} must be in (0, head_dim={head_dim}]"
+                )
+            partial = rotary_dim / head_dim
+        if partial is not None:
+            params.setdefault("partial_rotary_factor", partial)
         max_pos = getattr(config, "max_position_embeddings", None)
         params.setdefault("max_position_embeddings", max_pos)
         if params["rope_type"] in ("llama3", "yarn"):
@@ -85,6 +103,30 @@ class RopeParameters:
             params.setdefault("original_max_position_embeddings", original or max_pos)
         known = {field.name for field in fields(cls)}
         return cls(head_dim=head_dim, **{k: v for k, v in params.items() if k in known})
+
+
+def _is_per_layer(params) -> bool:
+    if not isinstance(params, dict):
+        return False
+    values = list(params.values())
+    is_entry = [value is None or isinstance(value, dict) for value in values]
+    return all(is_entry) and any(isinstance(value, dict) for value in values)
+
+
+def _layer_entry(params, layer_type):
+    """The entry of per-layer parameters for ``layer_type``; other parameters as they are."""
+    if not _is_per_layer(params):
+        return params
+    if layer_type is None:
+        raise ValueError(
+            f"the config's RoPE parameters are per layer type ({sorted(params)}); pass "
+            "layer_type= one of them"
+        )
+    if layer_type not in params:
+        raise ValueError(f"layer_type={layer_type!r} is not one of {sorted(params)}")
+    if params[layer_type] is None:
+        raise ValueError(f"layer_type={layer_type!r} has no RoPE parameters in the config")
+    return params[layer_type]
 
 
 def _base_inv_freq(theta: float, rotary_dim: int, device) -> torch.Tensor:

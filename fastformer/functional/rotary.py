@@ -31,14 +31,24 @@ sin (YaRN's attention factor).
 q and k: fp32, fp16 or bf16, same dtype and device, same batch, seqlen and head_dim; any head
 counts (GQA). inv_freq: fp32 (angles are fp32 whatever q's dtype), gets no gradient.
 Out of place by default (new contiguous tensors in q's and k's layout; inputs unchanged). With
-``inplace=True`` q and k are rotated in place and returned (autograd works: the backward needs
-no saved input). Gradients of q and k are the rotation of the incoming gradients by the
-negative angle. Bad input raises TypeError/ValueError naming the argument before any launch.
+``inplace=True`` q and k are rotated in place by one launch and returned; autograd then records
+the change with one Function per tensor (it refuses one Function marking two outputs dirty when
+either is a view, e.g. slices of a fused qkv buffer), so the in-place backward takes two launches
+where the out-of-place one takes one. In place refuses, before any launch (ValueError), a leaf
+that requires grad (or a view of one) and memory shared between elements: an expanded or
+overlapping q or k, or q and k sharing an element. The overlap test is exact: a short search
+over the strides (no sync) for any view of a dense buffer, else a comparison of every element's
+offset on the device (a host sync), needed only when q and k share a storage with different
+strides or the strides are not nested. Views that PyTorch forbids to modify in place (outputs
+of ``unbind``, ``split``, ``chunk``) stay forbidden (autograd raises after the launch); slice
+them instead. Gradients of q and k are the rotation of the incoming gradients by the negative
+angle. Bad input raises TypeError/ValueError naming the argument before any launch.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 
 import torch
@@ -51,6 +61,10 @@ from fastformer.kernels.rotary import packed_positions, rotary_fwd
 LAYOUTS = ("bshd", "bhsd", "thd")
 INT64_LIMIT = 2**63
 INDEX_DTYPES = (torch.int32, torch.int64)
+# Steps of the overlap search for in-place calls before it falls back to comparing every
+# element's offset on the device (a host sync); nested strides (any view of one dense buffer)
+# take a few steps per axis.
+OVERLAP_SEARCH_BUDGET = 4096
 
 
 def _to_bshd(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -64,27 +78,21 @@ def _to_bshd(x: torch.Tensor, layout: str) -> torch.Tensor:
 
 class _RotaryFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, inv_freq, position_ids, offset, interleaved, layout, scale, inplace):
-        q4, k4 = _to_bshd(q, layout), _to_bshd(k, layout)
-        if inplace:
-            q_out, k_out = q, k
-        else:
-            # New tensors in the caller's layout, contiguous; the kernel writes them through views.
-            q_out = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
-            k_out = _runtime.empty(k.shape, dtype=k.dtype, device=k.device)
+    def forward(ctx, q, k, inv_freq, position_ids, offset, interleaved, layout, scale):
+        # New tensors in the caller's layout, contiguous; the kernel writes them through views.
+        q_out = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
+        k_out = _runtime.empty(k.shape, dtype=k.dtype, device=k.device)
         rotary_fwd(
-            q4,
-            k4,
+            _to_bshd(q, layout),
+            _to_bshd(k, layout),
             inv_freq,
             position_ids=position_ids,
             offset=offset,
             interleaved=interleaved,
             attention_scaling=scale,
-            q_out=q4 if inplace else _to_bshd(q_out, layout),
-            k_out=k4 if inplace else _to_bshd(k_out, layout),
+            q_out=_to_bshd(q_out, layout),
+            k_out=_to_bshd(k_out, layout),
         )
-        if inplace:
-            ctx.mark_dirty(q, k)
         ctx.save_for_backward(inv_freq, position_ids)
         ctx.config = (offset, interleaved, layout, scale)
         return q_out, k_out
@@ -108,7 +116,72 @@ class _RotaryFunction(torch.autograd.Function):
             q_out=_to_bshd(dq, layout),
             k_out=_to_bshd(dk, layout),
         )
-        return dq, dk, None, None, None, None, None, None, None
+        return dq, dk, None, None, None, None, None, None
+
+
+class _RotatedInPlace(torch.autograd.Function):
+    """Records that ``x`` was rotated in place (by the launch that rotated q and k together).
+
+    One Function per tensor: autograd refuses a Function that marks dirty two outputs when one
+    is a view (a Linear output reshaped, a slice of a fused qkv buffer). The backward rotates
+    this tensor's gradient alone: two launches in backward where the out-of-place path has one.
+    """
+
+    @staticmethod
+    def forward(ctx, x, inv_freq, position_ids, offset, interleaved, layout, scale):
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(inv_freq, position_ids)
+        ctx.config = (offset, interleaved, layout, scale)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dx_out):
+        inv_freq, position_ids = ctx.saved_tensors
+        offset, interleaved, layout, scale = ctx.config
+        dx = _runtime.empty(dx_out.shape, dtype=dx_out.dtype, device=dx_out.device)
+        dx4 = _to_bshd(dx_out, layout)
+        no_heads = dx4[:, :, :0]  # (batch, seqlen, 0, head_dim): the other tensor has no heads
+        rotary_fwd(
+            dx4,
+            no_heads,
+            inv_freq,
+            position_ids=position_ids,
+            offset=offset,
+            interleaved=interleaved,
+            attention_scaling=scale,
+            conjugate=True,
+            q_out=_to_bshd(dx, layout),
+            k_out=no_heads,
+        )
+        return dx, None, None, None, None, None, None
+
+
+def _rotary_in_place(q, k, inv_freq, position_ids, offset, interleaved, layout, scale):
+    """One launch rotates q and k in place; then autograd records each change separately."""
+    q4, k4 = _to_bshd(q, layout), _to_bshd(k, layout)
+    config = (offset, interleaved, layout, scale)
+    for name, x in (("q", q), ("k", k)):
+        base = x if x._base is None else x._base
+        if torch.is_grad_enabled() and x.requires_grad and base.is_leaf:
+            raise ValueError(
+                f"inplace=True on {name}, a leaf tensor that requires grad (or a view of one): "
+                "autograd cannot record an in-place change to it; pass inplace=False"
+            )
+    rotary_fwd(
+        q4,
+        k4,
+        inv_freq,
+        position_ids=position_ids,
+        offset=offset,
+        interleaved=interleaved,
+        attention_scaling=scale,
+        q_out=q4,
+        k_out=k4,
+    )
+    q = _RotatedInPlace.apply(q, inv_freq, position_ids, *config)
+    k = _RotatedInPlace.apply(k, inv_freq, position_ids, *config)
+    return q, k
 
 
 def _check_inputs(q, k, layout):
@@ -216,6 +289,97 @@ def _check_positions(position_ids, offset, cu_seqlens, layout, q4, q):
     return offset
 
 
+def _lattice_solution(target, dims, nonzero, budget=OVERLAP_SEARCH_BUDGET):
+    """Whether ``sum(m * stride) == target`` for integers ``lo <= m <= hi`` per (stride, lo, hi).
+
+    A depth-first search from the largest stride, each step keeping only the ``m`` that the
+    smaller strides can still make up; ``nonzero`` excludes the all-zero solution. Returns None
+    when the search takes more than ``budget`` steps (strides that are not nested).
+    """
+    dims = sorted(dims, key=lambda dim: -dim[0])
+    reach = [0] * (len(dims) + 1)  # reach[j]: the most dims j.. can add or take away
+    for j in range(len(dims) - 1, -1, -1):
+        stride, lo, hi = dims[j]
+        reach[j] = reach[j + 1] + stride * max(-lo, hi)
+    steps = 0
+
+    def search(j, rest, used):
+        nonlocal steps
+        steps += 1
+        if steps > budget:
+            raise OverflowError
+        if j == len(dims):
+            return rest == 0 and (used or not nonzero)
+        stride, lo, hi = dims[j]
+        low = max(lo, -((reach[j + 1] - rest) // stride))  # ceil((rest - reach) / stride)
+        high = min(hi, (rest + reach[j + 1]) // stride)
+        return any(search(j + 1, rest - m * stride, used or m != 0) for m in range(low, high + 1))
+
+    try:
+        return search(0, target, False)
+    except OverflowError:
+        return None
+
+
+def _element_offsets(x):
+    offsets = torch.full((), x.storage_offset(), dtype=torch.int64, device=x.device)
+    for size, stride in zip(x.shape, x.stride(), strict=True):
+        step = torch.arange(size, dtype=torch.int64, device=x.device) * stride
+        offsets = offsets.unsqueeze(-1) + step
+    return offsets.flatten()
+
+
+def _check_overlap(q, k):
+    """In place needs every element of q and k written once: no element shared (see module doc)."""
+    for name, x in (("q", q), ("k", k)):
+        dims = [
+            (stride, 1 - size, size - 1) for size, stride in zip(x.shape, x.stride(), strict=True)
+        ]
+        if x.numel() > 1 and any(stride == 0 for stride, lo, hi in dims if hi > 0):
+            shared = True  # a broadcast (expanded) axis
+        else:
+            dims = [dim for dim in dims if dim[2] > 0]
+            shared = _lattice_solution(0, dims, nonzero=True)
+            if shared is None:
+                offsets = _element_offsets(x)
+                shared = bool(offsets.unique().numel() != offsets.numel())
+        if shared:
+            raise ValueError(
+                f"inplace=True but {name} (shape={tuple(x.shape)}, stride={x.stride()}) has "
+                "elements that share memory (an expanded or overlapping view): they would be "
+                "rotated more than once; pass inplace=False"
+            )
+    if q.numel() == 0 or k.numel() == 0:
+        return
+    if q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr():
+        return
+    spans = []
+    for x in (q, k):
+        last = sum((n - 1) * stride for n, stride in zip(x.shape, x.stride(), strict=True))
+        spans.append((x.storage_offset(), x.storage_offset() + last))
+    if spans[0][1] < spans[1][0] or spans[1][1] < spans[0][0]:
+        return
+    shared = None
+    if q.stride() == k.stride():
+        # q's element i meets k's element l when sum((i - l) * stride) is k's offset minus q's,
+        # with -(k's size) < i - l < q's size on every axis.
+        dims = [
+            (stride, 1 - nk, nq - 1)
+            for nq, nk, stride in zip(q.shape, k.shape, q.stride(), strict=True)
+            if nq > 1 or nk > 1
+        ]
+        target = k.storage_offset() - q.storage_offset()
+        shared = _lattice_solution(target, dims, nonzero=False)
+    if shared is None:
+        shared = bool(torch.isin(_element_offsets(k), _element_offsets(q)).any())
+    if shared:
+        raise ValueError(
+            f"inplace=True but q and k share memory (q.data_ptr()={q.data_ptr()}, "
+            f"k.data_ptr()={k.data_ptr()}): shared elements would be "
+            "rotated twice; pass distinct tensors or inplace=False"
+        )
+
+
 # torch.compile runs this op eagerly (a graph break) instead of tracing into Triton's launcher.
 @torch.compiler.disable
 def apply_rotary(
@@ -243,8 +407,8 @@ def apply_rotary(
         cu_seqlens: (n_seqs + 1,) int32/int64 sequence starts, with layout "thd".
         interleaved: GPT-J pairs (2j, 2j + 1) instead of NeoX's (j, j + rotary_dim / 2).
         rotary_dim: None, or 2 * inv_freq.numel() (checked).
-        inplace: rotate q and k in place and return them.
-        attention_scaling: multiplies cos and sin.
+        inplace: rotate q and k in place and return them (no element may be shared; see above).
+        attention_scaling: a real number (Python or numpy); multiplies cos and sin.
     Returns:
         (q_rot, k_rot), shaped and laid out like q and k (new contiguous tensors unless inplace).
     """
@@ -254,14 +418,17 @@ def apply_rotary(
     for name, flag in (("interleaved", interleaved), ("inplace", inplace)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
-    if isinstance(attention_scaling, bool) or not isinstance(attention_scaling, (int, float)):
-        raise TypeError(f"attention_scaling must be a float, got {attention_scaling!r}")
+    if isinstance(attention_scaling, bool) or not isinstance(attention_scaling, numbers.Real):
+        raise TypeError(f"attention_scaling must be a real number, got {attention_scaling!r}")
+    attention_scaling = float(attention_scaling)
     if not math.isfinite(attention_scaling):
         raise ValueError(f"attention_scaling={attention_scaling} must be finite")
     if cu_seqlens is not None:
         position_ids = packed_positions(cu_seqlens, q4.shape[1])
     elif position_ids is not None:
         position_ids = position_ids.expand(q4.shape[0], q4.shape[1])  # a (1, S) row: stride 0
-    return _RotaryFunction.apply(
-        q, k, inv_freq, position_ids, offset, interleaved, layout, float(attention_scaling), inplace
-    )
+    args = (inv_freq, position_ids, offset, interleaved, layout, attention_scaling)
+    if inplace:
+        _check_overlap(q, k)
+        return _rotary_in_place(q, k, *args)
+    return _RotaryFunction.apply(q, k, *args)

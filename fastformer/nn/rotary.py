@@ -8,7 +8,8 @@ YaRN scalings only) and nothing keyed by length.
 
 ``inv_freq`` stays fp32 when the module is cast (``.to(torch.bfloat16)``, ``.half()``): angles of
 large positions computed from low-precision frequencies are wrong by whole radians, so a cast
-recomputes it in fp32 on the module's device.
+recomputes it in fp32 on the module's device; so does ``to_empty()`` after building the module on
+the meta device (and ``reset_parameters()``).
 
 Dynamic NTK scaling recomputes ``inv_freq`` for each call from that call's longest position
 (a host sync when ``position_ids`` or ``cu_seqlens`` are given), without state: transformers
@@ -61,9 +62,15 @@ class RotaryEmbedding(torch.nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     @classmethod
-    def from_config(cls, config, interleaved: bool = False, device=None) -> RotaryEmbedding:
-        """From a transformers config: its ``rope_parameters``, head size and partial rotary."""
-        params = RopeParameters.from_config(config)
+    def from_config(
+        cls, config, interleaved: bool = False, device=None, layer_type: str | None = None
+    ) -> RotaryEmbedding:
+        """From a transformers config: its ``rope_parameters``, head size and partial rotary.
+
+        ``layer_type`` picks the entry of per-layer ``rope_parameters`` (Gemma 3's
+        "sliding_attention" or "full_attention"); see :meth:`RopeParameters.from_config`.
+        """
+        params = RopeParameters.from_config(config, layer_type=layer_type)
         extra = {
             name: getattr(params, name)
             for name in (
@@ -90,10 +97,17 @@ class RotaryEmbedding(torch.nn.Module):
         )
 
     def _apply(self, fn, recurse=True):
+        was_meta = self.inv_freq.is_meta
         super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
-            self.inv_freq = rope_init(self.params, device=self.inv_freq.device)[0]
+        # A cast gives low-precision frequencies; to_empty() from the meta device gives
+        # uninitialised memory: both are recomputed.
+        if self.inv_freq.dtype != torch.float32 or (was_meta and not self.inv_freq.is_meta):
+            self.reset_parameters()
         return self
+
+    def reset_parameters(self) -> None:
+        """Recompute ``inv_freq`` (fp32) on its device, as after meta-device initialisation."""
+        self.inv_freq = rope_init(self.params, device=self.inv_freq.device)[0]
 
     def _inv_freq_for(self, seqlen, position_ids, offset, cu_seqlens) -> torch.Tensor:
         if self.params.rope_type != "dynamic":
