@@ -27,11 +27,11 @@ head_dim above 256, a mask with packed sequences.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from fastformer.functional import _checks
+from fastformer.functional import _autograd, _checks
 from fastformer.kernels import attention_common as common
 from fastformer.kernels.attention_bwd import attention_bwd
 from fastformer.kernels.attention_fwd import attention_fwd, default_scale
@@ -44,20 +44,24 @@ MAX_SEED = 2**62
 class _AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, problem, options):
-        o, lse = attention_fwd(q, k, v, problem, mask=mask, **options)
-        ctx.save_for_backward(q, k, v, o, lse, mask)
+        o, m, log2l = attention_fwd(q, k, v, problem, mask=mask, **options)
+        ctx.save_for_backward(q, k, v, o, m, log2l, mask)
         ctx.problem, ctx.options = problem, options
-        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
+        lse = torch.where(torch.isinf(m), m, m + log2l)  # base 2; +inf: the row saw no key
         return o, lse
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, do, _dlse):
-        q, k, v, o, lse, mask = ctx.saved_tensors
+    def backward(ctx, do, dlse):
+        _autograd.refuse_double_backward("attention")
+        q, k, v, o, m, log2l, mask = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros_like(o)
         mask_grad = ctx.needs_input_grad[3]
         dq, dk, dv, dmask = attention_bwd(
-            do, q, k, v, o, lse, ctx.problem, mask=mask, mask_grad=mask_grad, **ctx.options
-        )
+            do, q, k, v, o, m, log2l, ctx.problem, mask=mask, mask_grad=mask_grad, dlse=dlse,
+            **ctx.options,
+        )  # fmt: skip
         return dq, dk, dv, dmask, None, None
 
 
@@ -128,6 +132,11 @@ def _check_mask(mask, q, k) -> int:
             f"attn_mask.dtype={mask.dtype}; expected torch.bool, q's dtype ({q.dtype}) or float32"
         )
     return common.MASK_FLOAT
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} must be a bool")
 
 
 def _check_options(causal_alignment, scale, head_dim: int) -> float:
@@ -233,11 +242,18 @@ def scaled_dot_product_attention(
     unbatched = isinstance(q, torch.Tensor) and q.dim() == 3
     if unbatched:
         q, k, v = (t.unsqueeze(0) if isinstance(t, torch.Tensor) else t for t in (q, k, v))
-        if isinstance(attn_mask, torch.Tensor) and attn_mask.dim() == 3:
+        if isinstance(attn_mask, torch.Tensor):
+            if attn_mask.dim() > 3:
+                raise ValueError(
+                    f"attn_mask.shape={tuple(attn_mask.shape)} has a batch dim but q "
+                    f"(shape {tuple(q.shape[1:])}) has none"
+                )
             attn_mask = attn_mask.unsqueeze(0)
     _check_qkv(q, k, v)
     _check_heads(q, k, enable_gqa)
     mask_kind = _check_mask(attn_mask, q, k)
+    _check_flag("is_causal", is_causal)
+    _check_flag("enable_gqa", enable_gqa)
     dropout_p = _check_dropout(dropout_p)
     window = _check_window(window)
     scale = _check_options(causal_alignment, scale, q.shape[-1])
@@ -275,7 +291,15 @@ def _check_cu_seqlens(name: str, cu_seqlens, total: int, q: torch.Tensor, max_se
     longest = max(lengths, default=0)
     if max_seqlen is None:
         max_seqlen = longest
-    elif isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < longest:
+    elif (
+        isinstance(max_seqlen, torch.Tensor)
+        and max_seqlen.dim() == 0
+        and not max_seqlen.is_floating_point()
+    ):
+        max_seqlen = int(max_seqlen.item())
+    elif hasattr(max_seqlen, "__index__") and not isinstance(max_seqlen, bool):
+        max_seqlen = operator.index(max_seqlen)
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < longest:
         raise ValueError(
             f"max_seqlen for {name}={max_seqlen!r}; the longest sequence has {longest} rows"
         )

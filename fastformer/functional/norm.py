@@ -13,9 +13,8 @@ nothing is written in place. Double backward is not supported.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from fastformer.functional import _checks
+from fastformer.functional import _autograd, _checks
 from fastformer.kernels import _runtime
 from fastformer.kernels.norm import norm_bwd, norm_fwd
 
@@ -43,8 +42,8 @@ class _NormFunction(torch.autograd.Function):
         return y if h is None else (y, h)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dh=None):
+        _autograd.refuse_double_backward("norm")
         saved_x, weight, mean, rstd = ctx.saved_tensors
         n_norm_dims = ctx.n_norm_dims
         needs = ctx.needs_input_grad

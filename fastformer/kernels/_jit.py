@@ -6,8 +6,8 @@ import triton
 import triton.language as tl
 
 # Rounding increment below bf16's last kept bit (round half to even on the upper 16 bits).
-_BF16_HALF_ULP_MINUS_ONE = 0x7FFF
-_BF16_KEEP_MASK = 0xFFFF0000
+_BF16_HALF_ULP_MINUS_ONE = tl.constexpr(0x7FFF)
+_BF16_KEEP_MASK = tl.constexpr(0xFFFF0000)
 
 
 @triton.jit

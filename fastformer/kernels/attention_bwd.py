@@ -1,6 +1,7 @@
 """Fused attention backward in Triton: dq, dk, dv without the score matrix and without atomics.
 
-With P = exp2(S - lse) recomputed tile by tile and delta = rowsum(dO * O):
+With P = exp2((S - m) - log2(l)) recomputed tile by tile (row statistics from the forward)
+and delta = rowsum(dO * O) - dlse (dlse: the gradient arriving on the returned log-sum-exp):
     dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dS^T Q
 With dropout (keep mask M, rate r): dV = (P * M / (1 - r))^T dO and dP = (dO V^T) * M / (1 - r);
 delta is unchanged (rowsum(dO * O) still equals rowsum(P * dP)).
@@ -11,7 +12,9 @@ No two programs write the same element, so the result is the same bits on every 
 delta is summed in fp64 (an eager torch op over dO and O): in fp32 its rounding, multiplied by P,
 put the gradient of a trainable float mask past 3x eager's error. It costs two fp64 temporaries
 the size of O; a fused Triton reduction would avoid them.
-Rows that saw no key have lse = +inf: their P is 0, their dq exactly 0.
+Rows that saw no key have m = +inf: their P is 0, their dq exactly 0.
+Known limit: in fp32 with very large logits (|q.k| * scale ~ 140, randn x 6 at head_dim 64) the
+dk and dv errors reach 2-9x eager's (the 3x rule fails there); typical logits stay within it.
 Layouts and causal alignment: see ``attention_common``.
 """
 
@@ -35,8 +38,9 @@ def _attn_bwd_dkdv_kernel(
     cu_seqlens_q_ptr,
     cu_seqlens_k_ptr,
     do_ptr,  # like q
-    lse_ptr,  # fp32 base-2 log-sum-exp, as the forward wrote it
-    delta_ptr,  # fp32 rowsum(dO * O), same layout as lse
+    m_ptr,  # fp32 row max (base 2), as the forward wrote it
+    log2l_ptr,  # fp32 log2 of the row sum, as the forward wrote it
+    delta_ptr,  # fp32 rowsum(dO * O) - dlse, same layout as m
     dk_ptr,  # like k, out
     dv_ptr,  # like v, out
     stride_q_batch,
@@ -59,9 +63,9 @@ def _attn_bwd_dkdv_kernel(
     stride_do_head,
     stride_do_seq,
     stride_do_dim,
-    stride_lse_batch,
-    stride_lse_head,
-    stride_lse_seq,
+    stride_stat_batch,
+    stride_stat_head,
+    stride_stat_seq,
     stride_dk_batch,
     stride_dk_head,
     stride_dk_seq,
@@ -139,7 +143,7 @@ def _attn_bwd_dkdv_kernel(
         do_base = do_ptr + batch * stride_do_batch + head * stride_do_head
         do_base += q_start * stride_do_seq
         mask_base = mask_ptr + batch * stride_mask_batch + head * stride_mask_head
-        stat_base = batch * stride_lse_batch + head * stride_lse_head + q_start * stride_lse_seq
+        stat_base = batch * stride_stat_batch + head * stride_stat_head + q_start * stride_stat_seq
         for start_m in range(lo, hi, BLOCK_M):
             rows = start_m + offs_m
             mask_m = rows < seqlen_q
@@ -154,15 +158,17 @@ def _attn_bwd_dkdv_kernel(
                 mask=tile_md,
                 other=0.0,
             )
-            stat_offsets = stat_base + rows * stride_lse_seq
-            lse = tl.load(lse_ptr + stat_offsets, mask=mask_m, other=float("inf"))
+            stat_offsets = stat_base + rows * stride_stat_seq
+            m = tl.load(m_ptr + stat_offsets, mask=mask_m, other=float("inf"))
+            log2l = tl.load(log2l_ptr + stat_offsets, mask=mask_m, other=0.0)
             delta = tl.load(delta_ptr + stat_offsets, mask=mask_m, other=0.0)
             s = common.scores(
                 q, k_t, rows, cols, seqlen_q, seqlen_k, mask_base, stride_mask_q, stride_mask_k,
                 sm_scale_log2, causal_offset, window_left, window_right, IS_CAUSAL, HAS_WINDOW,
                 MASK_KIND, DOT_FP32, IEEE,
             )  # fmt: skip
-            p = tl.exp2(s - lse[:, None])  # 0 where masked (s = -inf) or the row saw nothing
+            # 0 where masked (s = -inf) or where the row saw nothing (m = +inf)
+            p = tl.exp2((s - m[:, None]) - log2l[:, None])
             dp = common.dot(do, v_t, DOT_FP32, IEEE)
             if HAS_DROPOUT:
                 bh_q = batch * n_kv_heads * group_size + head
@@ -192,7 +198,8 @@ def _attn_bwd_dq_kernel(
     cu_seqlens_q_ptr,
     cu_seqlens_k_ptr,
     do_ptr,
-    lse_ptr,
+    m_ptr,
+    log2l_ptr,
     delta_ptr,
     dq_ptr,  # like q, out
     dmask_ptr,  # (batch * n_heads, seqlen_q, seqlen_k) fp32 zero-filled, out, when MASK_GRAD
@@ -216,9 +223,9 @@ def _attn_bwd_dq_kernel(
     stride_do_head,
     stride_do_seq,
     stride_do_dim,
-    stride_lse_batch,
-    stride_lse_head,
-    stride_lse_seq,
+    stride_stat_batch,
+    stride_stat_head,
+    stride_stat_seq,
     stride_dq_batch,
     stride_dq_head,
     stride_dq_seq,
@@ -284,9 +291,10 @@ def _attn_bwd_dq_kernel(
         mask=tile_md,
         other=0.0,
     )
-    stat_base = batch * stride_lse_batch + head * stride_lse_head + q_start * stride_lse_seq
-    stat_offsets = stat_base + rows * stride_lse_seq
-    lse = tl.load(lse_ptr + stat_offsets, mask=mask_m, other=float("inf"))
+    stat_base = batch * stride_stat_batch + head * stride_stat_head + q_start * stride_stat_seq
+    stat_offsets = stat_base + rows * stride_stat_seq
+    m = tl.load(m_ptr + stat_offsets, mask=mask_m, other=float("inf"))
+    log2l = tl.load(log2l_ptr + stat_offsets, mask=mask_m, other=0.0)
     delta = tl.load(delta_ptr + stat_offsets, mask=mask_m, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
 
@@ -312,7 +320,7 @@ def _attn_bwd_dq_kernel(
             stride_mask_k, sm_scale_log2, causal_offset, window_left, window_right, IS_CAUSAL,
             HAS_WINDOW, MASK_KIND, DOT_FP32, IEEE,
         )  # fmt: skip
-        p = tl.exp2(s - lse[:, None])
+        p = tl.exp2((s - m[:, None]) - log2l[:, None])
         dp = common.dot(do, tl.trans(v), DOT_FP32, IEEE)
         if HAS_DROPOUT:
             keep = common.dropout_keep(
@@ -337,7 +345,8 @@ def attention_bwd(
     k: torch.Tensor,
     v: torch.Tensor,
     o: torch.Tensor,
-    lse: torch.Tensor,
+    m: torch.Tensor,
+    log2l: torch.Tensor,
     problem: common.Problem,
     *,
     mask: torch.Tensor | None = None,
@@ -349,9 +358,11 @@ def attention_bwd(
     seed: int = 0,
     window: tuple[int, int] | None = None,
     mask_grad: bool = False,
+    dlse: torch.Tensor | None = None,
 ):
     """Gradients of ``attention_fwd`` (arguments as there; ``do`` like ``o``, any strides).
 
+    ``dlse`` is the gradient arriving on the base-2 log-sum-exp (m + log2l), or None.
     Returns dq (q's shape) and dk, dv (k's shape), contiguous, summed over each GQA group, and
     with ``mask_grad`` (a float mask) the mask's gradient in the mask's shape (else None). That
     gradient is the full (batch, heads, seqlen_q, seqlen_k) score gradient, written to memory
@@ -370,12 +381,15 @@ def attention_bwd(
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), _reduce_to(dmask, mask, p)
     _runtime.check_runnable(_attn_bwd_dq_kernel, "q", q)
-    delta = (do.double() * o.double()).sum(dim=-1).float().contiguous()  # lse's layout
+    delta = (do.double() * o.double()).sum(dim=-1)  # m's layout
+    if dlse is not None:  # d lse / d score = P, so the log-sum-exp's gradient shifts delta
+        delta = delta - dlse.double() * common.LOG2E
+    delta = delta.float().contiguous()
     mask_t, mask_strides = common.mask_args(mask, (p.batch, p.n_heads, p.seqlen_q, p.seqlen_k), q)
     strides = (
         *common.bhsd_strides(q, p.varlen), *common.bhsd_strides(k, p.varlen),
         *common.bhsd_strides(v, p.varlen), *mask_strides, *common.bhsd_strides(do, p.varlen),
-        *common.bhs_strides(lse, p.varlen),
+        *common.bhs_strides(m, p.varlen),
     )  # fmt: skip
     sizes = (
         p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale, scale * common.LOG2E,
@@ -390,7 +404,7 @@ def attention_bwd(
     config = common.config(p.head_dim, kernel, "dkdv")
     grid = (p.batch * p.n_kv_heads, triton.cdiv(p.seqlen_k, config["BLOCK_N"]))
     kernel[grid](
-        q, k, v, mask_t, *seqlens, do, lse, delta, dk, dv, *strides,
+        q, k, v, mask_t, *seqlens, do, m, log2l, delta, dk, dv, *strides,
         *common.bhsd_strides(dk, p.varlen), p.n_kv_heads, *sizes, **flags, **config,
     )  # fmt: skip
 
@@ -398,7 +412,8 @@ def attention_bwd(
     config = common.config(p.head_dim, kernel, "dq")
     grid = (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, config["BLOCK_M"]))
     kernel[grid](
-        q, k, v, mask_t, *seqlens, do, lse, delta, dq, dmask if mask_grad else delta, *strides,
+        q, k, v, mask_t, *seqlens, do, m, log2l, delta, dq, dmask if mask_grad else delta,
+        *strides,
         *common.bhsd_strides(dq, p.varlen), p.n_heads, *sizes, **flags, MASK_GRAD=mask_grad,
         **config,
     )  # fmt: skip

@@ -89,8 +89,11 @@ def scores(
             keep = tl.load(mask_ptrs, mask=in_bounds, other=0)
             valid = valid & (keep != 0)
         else:
-            bias = tl.load(mask_ptrs, mask=in_bounds, other=0.0)
-            s = s + bias.to(tl.float32) * 1.4426950408889634  # log2(e): base-2 units
+            bias = tl.load(mask_ptrs, mask=in_bounds, other=0.0).to(tl.float32)
+            # Clamp finite biases (finfo.min paddings) so that x log2(e) stays finite: such a
+            # row then averages its keys, as eager does; -inf stays -inf (the key is unseen).
+            bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, -1.0e38))
+            s = s + bias * 1.4426950408889634  # log2(e): base-2 units
     return tl.where(valid, s, float("-inf"))
 
 
@@ -304,6 +307,10 @@ def window_args(window: tuple[int, int] | None, problem: Problem) -> tuple[int, 
     """(left, right) reach of a sliding window, unbounded sides (-1) as a reach past any key."""
     if window is None:
         return 0, 0
+    # Any reach past every key is the same; clamping keeps the kernels' int32 bounds safe.
     unbounded = problem.seqlen_q + problem.seqlen_k
     left, right = window
-    return (unbounded if left < 0 else left), (unbounded if right < 0 else right)
+    return (
+        unbounded if left < 0 else min(left, unbounded),
+        unbounded if right < 0 else min(right, unbounded),
+    )

@@ -5,9 +5,12 @@ axis 0, which CUDA allows up to 2**31 - 1 (axes 1 and 2 stop at 65535). Online s
 and base 2 (scores pre-multiplied by scale * log2(e)). Under causal masking, key blocks past the
 block's last row are not visited. Query heads read KV head ``head // group_size`` (GQA/MQA).
 
-Rows that see no key (all masked, causal rows before the first key, empty sequences) give 0,
-and their stored log-sum-exp is +inf, so that the backward's ``exp2(s - lse)`` is 0 there and
-every gradient stays finite. The base-2 log-sum-exp of every row is saved for the backward.
+Each row's softmax statistics are saved for the backward as two numbers, the running maximum
+``m`` and ``log2(l)`` (base 2), not as their sum: the backward recomputes probabilities as
+``exp2((s - m) - log2(l))``, where ``s - m`` is exact, so large logits (|s| ~ 200) keep their
+precision (an fp32 log-sum-exp of 200 alone carries an error of 1.5e-5). Rows that see no key
+(all masked, causal rows before the first key, empty sequences) give 0 and store m = +inf, so
+that their probabilities are 0 in the backward and every gradient stays finite.
 Layouts and causal alignment: see ``attention_common``.
 """
 
@@ -33,7 +36,8 @@ def _attn_fwd_kernel(
     cu_seqlens_q_ptr,  # (batch + 1,) int32 when VARLEN, else unused
     cu_seqlens_k_ptr,  # (batch + 1,) int32 when VARLEN, else unused
     o_ptr,  # like q, out
-    lse_ptr,  # (batch, n_heads, seqlen_q) or packed (total_q, n_heads), fp32 base 2, out
+    m_ptr,  # (batch, n_heads, seqlen_q) or packed (total_q, n_heads), fp32: row max (base 2), out
+    log2l_ptr,  # like m: log2 of the row's sum of exp2(s - m), out
     stride_q_batch,
     stride_q_head,
     stride_q_seq,
@@ -54,9 +58,9 @@ def _attn_fwd_kernel(
     stride_o_head,
     stride_o_seq,
     stride_o_dim,
-    stride_lse_batch,
-    stride_lse_head,
-    stride_lse_seq,
+    stride_stat_batch,
+    stride_stat_head,
+    stride_stat_seq,
     n_heads,
     group_size,
     seqlen_q,
@@ -152,12 +156,15 @@ def _attn_fwd_kernel(
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+    m_store = tl.where(seen, m_i, float("inf"))
+    log2l = tl.where(seen, tl.log2(tl.where(seen, l_i, 1.0)), 0.0)
     o_base = o_ptr + batch * stride_o_batch + head * stride_o_head + q_start * stride_o_seq
     o_ptrs = o_base + rows[:, None] * stride_o_seq + offs_d[None, :] * stride_o_dim
     tl.store(o_ptrs, rounded_for_store(out, BF16_RNE), mask=tile_md)
-    lse_base = lse_ptr + batch * stride_lse_batch + head * stride_lse_head
-    tl.store(lse_base + (q_start + rows) * stride_lse_seq, lse, mask=mask_m)
+    stat_offsets = batch * stride_stat_batch + head * stride_stat_head
+    stat_offsets += (q_start + rows) * stride_stat_seq
+    tl.store(m_ptr + stat_offsets, m_store, mask=mask_m)
+    tl.store(log2l_ptr + stat_offsets, log2l, mask=mask_m)
 
 
 def attention_fwd(
@@ -188,26 +195,27 @@ def attention_fwd(
         window: sliding window (left, right), -1 for an unbounded side, or None.
     Returns:
         o: q's shape, contiguous, q's dtype.
-        lse: fp32 base-2 log-sum-exp, (batch, n_heads, seqlen_q) or packed (total_q, n_heads);
-            +inf for rows that see no key.
+        m, log2l: fp32 row statistics (base 2), (batch, n_heads, seqlen_q) or packed
+            (total_q, n_heads); the log-sum-exp is m + log2l; m is +inf for rows seeing no key.
     """
     p = problem
     o = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
     lse_shape = (q.shape[0], p.n_heads) if p.varlen else (p.batch, p.n_heads, p.seqlen_q)
-    lse = _runtime.empty(lse_shape, dtype=torch.float32, device=q.device)
+    m = _runtime.empty(lse_shape, dtype=torch.float32, device=q.device)
+    log2l = _runtime.empty(lse_shape, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
-        return o, lse
+        return o, m, log2l
     if k.numel() == 0 and not p.varlen:  # no key at all: every row is 0
-        return o.zero_(), lse.fill_(float("inf"))
+        return o.zero_(), m.fill_(float("inf")), log2l.zero_()
     _runtime.check_runnable(_attn_fwd_kernel, "q", q)
     mask_t, mask_strides = common.mask_args(mask, (p.batch, p.n_heads, p.seqlen_q, p.seqlen_k), q)
     config = common.config(p.head_dim, _attn_fwd_kernel, "fwd")
     grid = (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, config["BLOCK_M"]))
     _attn_fwd_kernel[grid](
-        q, k, v, mask_t, *common.seqlen_args(p, q), o, lse,
+        q, k, v, mask_t, *common.seqlen_args(p, q), o, m, log2l,
         *common.bhsd_strides(q, p.varlen), *common.bhsd_strides(k, p.varlen),
         *common.bhsd_strides(v, p.varlen), *mask_strides,
-        *common.bhsd_strides(o, p.varlen), *common.bhs_strides(lse, p.varlen),
+        *common.bhsd_strides(o, p.varlen), *common.bhs_strides(m, p.varlen),
         p.n_heads, p.group_size, p.seqlen_q, p.seqlen_k, p.head_dim, scale * common.LOG2E,
         dropout_p, seed, *common.window_args(window, p),
         **common.flags(
@@ -216,7 +224,7 @@ def attention_fwd(
         ),
         **config,
     )  # fmt: skip
-    return o, lse
+    return o, m, log2l
 
 
 def default_scale(head_dim: int) -> float:
