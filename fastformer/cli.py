@@ -20,8 +20,8 @@ from fastformer.benchmarks.counts import MODES
 
 logger = logging.getLogger(__name__)
 
-# The ops of the norm suite (fastformer.benchmarks.norm.OPS; a test keeps the two equal).
-BENCH_OPS = ("layer_norm", "rms_norm")
+# The suites (fastformer.benchmarks.suites.OPS; a test keeps the two equal).
+BENCH_OPS = ("layer_norm", "rms_norm", "attention", "rotary", "linear")
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser(
         "bench",
-        help="check and time the norm kernels against eager PyTorch",
+        help="check and time the kernels against eager PyTorch, SDPA and torch.compile",
         description="Check each provider against a float64 reference, then time it: the median "
-        "and 20%/80% quantiles of triton.testing.do_bench on a GPU (4096 rows of 1024-16384 "
-        "features in bf16); on the CPU, wall-clock times of the Triton interpreter (64 rows of "
-        "256 and 1024 features), which are not GPU performance.",
+        "and 20%/80% quantiles of triton.testing.do_bench on a GPU (each suite's model shapes, "
+        "bf16); on the CPU, wall-clock times of the Triton interpreter on tiny shapes, which are "
+        "not GPU performance.",
     )
     bench.add_argument("--op", nargs="+", choices=BENCH_OPS, help="ops to run (default: all)")
     bench.add_argument("--dtype", nargs="+", choices=DTYPE_NAMES, help="default: bfloat16")
@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time torch.compile on the CPU (always on a GPU; compiling takes tens of "
         "seconds a case on the CPU)",
     )
-    bench.add_argument("--rows", type=_positive_int, help="rows of every shape (default: suite's)")
+    bench.add_argument("--rows", type=_positive_int, help="norm suites: rows of every shape")
     bench.add_argument(
-        "--cols", nargs="+", type=_positive_int, help="features of each shape (default: suite's)"
+        "--cols", nargs="+", type=_positive_int, help="norm suites: features of each shape"
     )
     bench.add_argument("--json", metavar="PATH", help="write the environment and rows as JSON")
     bench.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
@@ -110,16 +110,16 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
             return EXIT_FAILED
 
     from fastformer.benchmarks import device as devices
-    from fastformer.benchmarks import norm, report, runner
+    from fastformer.benchmarks import norm, report, runner, suites
 
     device = devices.default_device()
     dtypes = [getattr(torch, name) for name in args.dtype] if args.dtype else [norm.DEFAULT_DTYPE]
-    cases = norm.norm_cases(
-        device,
-        ops=args.op or BENCH_OPS,
-        dtypes=dtypes,
-        shapes=_shapes(args, norm.default_shapes(device)),
-    )
+    norm_shapes = _shapes(args, norm.default_shapes(device))
+    cases = [
+        case
+        for op in args.op or BENCH_OPS
+        for case in suites.cases(op, device, dtypes, norm_shapes)
+    ]
     providers = runner.default_providers(device, include_compile=args.compile)
     if device.type != "cuda":
         _print_lines([CPU_BANNER, ""])

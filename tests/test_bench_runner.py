@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastformer import cli, reference
-from fastformer.benchmarks import counts, norm, runner
+from fastformer.benchmarks import counts, norm, runner, suites
 from fastformer.benchmarks import device as devices
 
 # Shapes small enough for the interpreter, in float32 so that a 1% error is far past the rule.
@@ -160,7 +160,7 @@ def test_environment_records_versions_and_commit(device):
 
 
 def test_cli_ops_match_the_suite():
-    assert cli.BENCH_OPS == norm.OPS
+    assert cli.BENCH_OPS == suites.OPS
 
 
 def test_cli_bench_prints_a_row_per_op(capsys, tmp_path):

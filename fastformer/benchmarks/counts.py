@@ -139,3 +139,21 @@ def linear_bwd_bytes(
     """
     g = 2 if gated else 1
     return elem_bytes * (m * n * (1 + g) + 2 * m * k + 2 * g * n * k + int(has_bias) * n)
+
+
+# The attention backward's FLOPs over the forward's: five (Sq, Sk, D) products against two.
+ATTENTION_BWD_FLOPS_RATIO = 2.5
+TFLOPS_PER_FLOP_PER_MS = 1e-9  # 1 TFLOP/s = 10**12 FLOP per 1000 ms
+
+
+def attention_flops(batch, n_heads, seqlen_q, seqlen_k, head_dim, is_causal: bool) -> int:
+    """FLOPs of an attention forward: flops = 4 * B * H * Sq * Sk * D (q @ k^T and p @ v, a
+    multiply and an add each), halved when causal. The backward is ATTENTION_BWD_FLOPS_RATIO
+    times this."""
+    flops = 4 * batch * n_heads * seqlen_q * seqlen_k * head_dim
+    return flops // 2 if is_causal else flops
+
+
+def tflops(n_flops: int, ms: float) -> float:
+    """TFLOP/s of ``n_flops`` done in ``ms`` milliseconds."""
+    return n_flops / ms * TFLOPS_PER_FLOP_PER_MS

@@ -59,6 +59,7 @@ class Environment:
     triton: str
     commit: str
     peak_gbps: float | None
+    peak_tflops: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +117,29 @@ def peak_bandwidth_gbps(device: torch.device) -> float | None:
     return _peak_gbps_by_gpu[name]
 
 
+# The matmul that measures peak TFLOP/s: bf16, large enough to fill any GPU.
+PEAK_MATMUL_SIZE = 8192
+_peak_tflops_by_gpu: dict[str, float] = {}
+
+
+def peak_matmul_tflops(device: torch.device) -> float | None:
+    """The device's measured bf16 matmul rate (TFLOP/s) on random data, once per GPU name per
+    process; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    name = device_name(device)
+    if name not in _peak_tflops_by_gpu:
+        size = PEAK_MATMUL_SIZE
+        a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+        b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+        ms = triton.testing.do_bench(lambda: a @ b, quantiles=list(QUANTILES))[0]
+        _peak_tflops_by_gpu[name] = counts.tflops(counts.gemm_flops(size, size, size), ms)
+        del a, b
+        torch.cuda.empty_cache()
+        logger.info("peak bf16 matmul of %s: %.0f TFLOP/s", name, _peak_tflops_by_gpu[name])
+    return _peak_tflops_by_gpu[name]
+
+
 def environment(device: torch.device) -> Environment:
     return Environment(
         device=device_name(device),
@@ -124,6 +148,7 @@ def environment(device: torch.device) -> Environment:
         triton=triton.__version__,
         commit=git_commit(),
         peak_gbps=peak_bandwidth_gbps(device),
+        peak_tflops=peak_matmul_tflops(device),
     )
 
 

@@ -69,14 +69,19 @@ def linear_case(
         providers={EAGER: ref, COMPILE: lazy_compile(ref), FASTFORMER: ours},
         fwd_bytes=counts.linear_fwd_bytes(m, n, k, **sizes),
         bwd_bytes=counts.linear_bwd_bytes(m, n, k, **sizes),
+        fwd_flops=_fwd_flops(m, k, n, gated),
+        bwd_flops=2 * _fwd_flops(m, k, n, gated),
     )
 
 
+def _fwd_flops(m: int, k: int, n: int, gated: bool) -> int:
+    """One GEMM per weight in the forward (the backward: two, dx and dweight)."""
+    return counts.gemm_flops(m, n, k) * (2 if gated else 1)
+
+
 def case_flops(case: Case, mode: str) -> int:
-    """FLOPs of one timed call of ``case`` in ``mode`` (fwd: one GEMM per weight; bwd: two)."""
-    m, k, n = case.shape
-    per_weight = counts.gemm_flops(m, n, k) * (2 if case.op.startswith("gated") else 1)
-    return {"fwd": per_weight, "bwd": 2 * per_weight, "fwd+bwd": 3 * per_weight}[mode]
+    """FLOPs of one timed call of ``case`` in ``mode``."""
+    return counts.bytes_for_mode(mode, case.fwd_flops, case.bwd_flops)
 
 
 def linear_cases(

@@ -14,8 +14,8 @@ from fastformer.benchmarks.runner import Row
 
 # (header, width) of each table column; numbers are right-aligned, text left-aligned.
 COLUMNS = (
-    ("op", 20),
-    ("shape", 11),
+    ("op", 24),
+    ("shape", 16),
     ("dtype", 8),
     ("mode", 7),
     ("provider", 10),
@@ -23,6 +23,7 @@ COLUMNS = (
     ("q20 ms", 11),
     ("q80 ms", 11),
     ("GB/s", 8),
+    ("TFLOP/s", 8),
     ("% peak", 7),
     ("ff speedup", 10),
     ("status", 6),
@@ -47,6 +48,7 @@ def _cells(row: Row) -> list[str]:
         _ms(row.q20_ms),
         _ms(row.q80_ms),
         MISSING if row.gbps is None else f"{row.gbps:.0f}",
+        MISSING if row.tflops is None else f"{row.tflops:.0f}",
         MISSING if row.peak_fraction is None else f"{row.peak_fraction * PERCENT:.0f}%",
         MISSING if row.speedup is None else f"{row.speedup:.3g}x",
         "ok" if row.ok else "FAILED",
@@ -64,9 +66,12 @@ def _line(cells: Sequence[str]) -> str:
 def header_lines(env: Environment) -> list[str]:
     """The environment, then the table's column titles and rule."""
     peak = MISSING if env.peak_gbps is None else f"{env.peak_gbps:.0f} GB/s (measured copy)"
+    matmul = MISSING if env.peak_tflops is None else f"{env.peak_tflops:.0f} TFLOP/s (bf16 mm)"
     lines = [
         f"device: {env.device}   timing: {env.timing}",
-        f"torch {env.torch}   triton {env.triton}   commit {env.commit}   peak bandwidth {peak}",
+        f"torch {env.torch}   triton {env.triton}   commit {env.commit}",
+        f"peaks: {peak}, {matmul}; % peak is against the first for GB/s rows, the second for "
+        "TFLOP/s rows",
         "ff speedup: fastformer's speedup over the row's provider (its median / fastformer's)",
         "",
     ]

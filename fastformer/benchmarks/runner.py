@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 EAGER = "eager"
 COMPILE = "compile"
+SDPA = "sdpa"  # torch.nn.functional.scaled_dot_product_attention, whichever backend it picks
 FASTFORMER = "fastformer"
-PROVIDERS = (EAGER, COMPILE, FASTFORMER)
+PROVIDERS = (EAGER, COMPILE, SDPA, FASTFORMER)
 MODES = counts.MODES
 # Inputs are random but the same from run to run.
 SEED = 0
@@ -56,6 +57,8 @@ class Case:
     providers: Mapping[str, Callable[..., object]]
     fwd_bytes: int
     bwd_bytes: int
+    fwd_flops: int = 0  # 0: a memory-bound op, judged by GB/s against the copy peak
+    bwd_flops: int = 0
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Row:
     q20_ms: float | None
     q80_ms: float | None
     gbps: float | None
+    tflops: float | None
     peak_fraction: float | None
     speedup: float | None
     ok: bool
@@ -85,11 +89,11 @@ class Row:
 
 
 def default_providers(device: torch.device, include_compile: bool = False) -> tuple[str, ...]:
-    """Eager and fastformer; torch.compile too on a GPU, or on the CPU when asked (compiling
-    takes tens of seconds a case there)."""
+    """Eager, SDPA and fastformer; torch.compile too on a GPU, or on the CPU when asked
+    (compiling takes tens of seconds a case there). Cases offer the providers that apply."""
     if device.type == "cuda" or include_compile:
         return PROVIDERS
-    return (EAGER, FASTFORMER)
+    return (EAGER, SDPA, FASTFORMER)
 
 
 def lazy_compile(fn: Callable[..., object]) -> Callable[..., object]:
@@ -173,7 +177,13 @@ def timed_call(case: Case, provider: str, mode: str, prepared: Prepared) -> Call
 
 def _row(case: Case, mode: str, provider: str, device: torch.device, **fields) -> Row:
     values = dict(
-        median_ms=None, q20_ms=None, q80_ms=None, gbps=None, peak_fraction=None, speedup=None
+        median_ms=None,
+        q20_ms=None,
+        q80_ms=None,
+        gbps=None,
+        tflops=None,
+        peak_fraction=None,
+        speedup=None,
     )
     values.update(fields)
     return Row(
@@ -194,10 +204,13 @@ def run_case(
     device: torch.device,
     generator: torch.Generator,
     peak_gbps: float | None = None,
+    peak_tflops: float | None = None,
 ) -> list[Row]:
-    """Check and time each of ``providers`` that ``case`` offers, in ``mode``."""
+    """Check and time each of ``providers`` that ``case`` offers, in ``mode``. A case with a
+    FLOP count is judged against the matmul peak, others against the copy bandwidth."""
     prepared = prepare(case, mode, device, generator)
     n_bytes = counts.bytes_for_mode(mode, case.fwd_bytes, case.bwd_bytes)
+    n_flops = counts.bytes_for_mode(mode, case.fwd_flops, case.bwd_flops)
     rows: list[Row] = []
     for provider in providers:
         if provider not in case.providers:
@@ -215,7 +228,13 @@ def run_case(
             )
             rows.append(_row(case, mode, provider, device, ok=False, detail=result.detail))
             continue
-        rate = counts.gbps(n_bytes, median) if device.type == "cuda" else None
+        on_gpu = device.type == "cuda"
+        rate = counts.gbps(n_bytes, median) if on_gpu else None
+        tflops = counts.tflops(n_flops, median) if on_gpu and n_flops else None
+        if tflops is not None:
+            fraction = tflops / peak_tflops if peak_tflops else None
+        else:
+            fraction = rate / peak_gbps if rate is not None and peak_gbps else None
         rows.append(
             _row(
                 case,
@@ -226,7 +245,8 @@ def run_case(
                 q20_ms=q20,
                 q80_ms=q80,
                 gbps=rate,
-                peak_fraction=rate / peak_gbps if rate is not None and peak_gbps else None,
+                tflops=tflops,
+                peak_fraction=fraction,
                 ok=True,
                 detail=result.detail,
             )
@@ -265,7 +285,9 @@ def run_cases(
             # otherwise send later shapes back to eager without a word.
             torch.compiler.reset()
         for mode in modes:
-            rows = run_case(case, mode, providers, device, generator, env.peak_gbps)
+            rows = run_case(
+                case, mode, providers, device, generator, env.peak_gbps, env.peak_tflops
+            )
             all_rows.extend(rows)
             if on_rows is not None:
                 on_rows(rows)
