@@ -22,7 +22,14 @@ import torch
 import fastformer
 from fastformer import reference
 from fastformer.benchmarks import counts
-from fastformer.benchmarks.runner import COMPILE, EAGER, FASTFORMER, Case, lazy_compile
+from fastformer.benchmarks.runner import (
+    ADDMM_ACTIVATION,
+    COMPILE,
+    EAGER,
+    FASTFORMER,
+    Case,
+    lazy_compile,
+)
 
 DEFAULT_DTYPE = torch.bfloat16
 # (name, in_features, out_features, gated, activation)
@@ -51,12 +58,34 @@ def _make_inputs(device, generator, *, m, k, n, gated, activation, dtype):
     return inputs
 
 
+def _addmm_activation(x, weight, bias, activation):
+    """torch._addmm_activation: the GEMM with cuBLASLt's bias + GELU epilogue on CUDA."""
+    return torch._addmm_activation(bias, x, weight.t(), use_gelu=activation != "relu")
+
+
+def _epilogue_gelu(device_type: str) -> str:
+    """The GELU that torch._addmm_activation computes: cuBLASLt's epilogue is the tanh form;
+    the CPU path computes the exact (erf) one."""
+    return "gelu_tanh" if device_type == "cuda" else "gelu"
+
+
 def linear_case(
-    name: str, k: int, n: int, gated: bool, activation: str, m: int, dtype: torch.dtype
+    name: str,
+    k: int,
+    n: int,
+    gated: bool,
+    activation: str,
+    m: int,
+    dtype: torch.dtype,
+    device_type: str = "cuda",
 ) -> Case:
-    """One layer at ``m`` tokens; its op name is ``linear+<activation>`` or ``gated+<act>``."""
+    """One layer at ``m`` tokens; its op name is ``linear+<activation>`` or ``gated+<act>``.
+    The cuBLASLt-epilogue provider joins where it computes the same activation."""
     ref = reference.gated_linear if gated else reference.linear
     ours = fastformer.gated_linear if gated else fastformer.linear
+    providers = {EAGER: ref, COMPILE: lazy_compile(ref), FASTFORMER: ours}
+    if not gated and activation in ("relu", _epilogue_gelu(device_type)):
+        providers[ADDMM_ACTIVATION] = _addmm_activation
     sizes = dict(elem_bytes=dtype.itemsize, has_bias=not gated, gated=gated)
     return Case(
         op=("gated+" if gated else "linear+") + f"{activation}[{name}]",
@@ -66,11 +95,12 @@ def linear_case(
             _make_inputs, m=m, k=k, n=n, gated=gated, activation=activation, dtype=dtype
         ),
         reference=ref,
-        providers={EAGER: ref, COMPILE: lazy_compile(ref), FASTFORMER: ours},
+        providers=providers,
         fwd_bytes=counts.linear_fwd_bytes(m, n, k, **sizes),
         bwd_bytes=counts.linear_bwd_bytes(m, n, k, **sizes),
         fwd_flops=_fwd_flops(m, k, n, gated),
         bwd_flops=2 * _fwd_flops(m, k, n, gated),
+        forward_only=(ADDMM_ACTIVATION,),  # torch._addmm_activation has no derivative
     )
 
 
@@ -94,7 +124,7 @@ def linear_cases(
     layers = GPU_LAYERS if on_gpu else CPU_LAYERS
     tokens = tokens if tokens is not None else (GPU_TOKENS if on_gpu else CPU_TOKENS)
     return [
-        linear_case(name, k, n, gated, activation, m, dtype)
+        linear_case(name, k, n, gated, activation, m, dtype, device.type)
         for name, k, n, gated, activation in layers
         for dtype in dtypes
         for m in tokens

@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 EAGER = "eager"
 COMPILE = "compile"
 SDPA = "sdpa"  # torch.nn.functional.scaled_dot_product_attention, whichever backend it picks
+ADDMM_ACTIVATION = "addmm_act"  # torch._addmm_activation: cuBLASLt's fused epilogue on CUDA
 FASTFORMER = "fastformer"
-PROVIDERS = (EAGER, COMPILE, SDPA, FASTFORMER)
+PROVIDERS = (EAGER, COMPILE, SDPA, ADDMM_ACTIVATION, FASTFORMER)
 MODES = counts.MODES
 # Inputs are random but the same from run to run.
 SEED = 0
@@ -59,6 +60,7 @@ class Case:
     bwd_bytes: int
     fwd_flops: int = 0  # 0: a memory-bound op, judged by GB/s against the copy peak
     bwd_flops: int = 0
+    forward_only: tuple[str, ...] = ()  # providers with no backward: timed in "fwd" mode only
 
 
 @dataclass
@@ -93,7 +95,7 @@ def default_providers(device: torch.device, include_compile: bool = False) -> tu
     (compiling takes tens of seconds a case there). Cases offer the providers that apply."""
     if device.type == "cuda" or include_compile:
         return PROVIDERS
-    return (EAGER, SDPA, FASTFORMER)
+    return (EAGER, SDPA, ADDMM_ACTIVATION, FASTFORMER)
 
 
 def lazy_compile(fn: Callable[..., object]) -> Callable[..., object]:
@@ -214,6 +216,8 @@ def run_case(
     rows: list[Row] = []
     for provider in providers:
         if provider not in case.providers:
+            continue
+        if mode != "fwd" and provider in case.forward_only:
             continue
         try:
             call = timed_call(case, provider, mode, prepared)
