@@ -9,6 +9,11 @@ import subprocess
 import sys
 
 import pytest
+import triton
+
+# Registers and spills differ between compiler releases: the numbers asserted here are
+# triton 3.6's, the version of the GPU machine these kernels are tuned for.
+GPU_TRITON = "3.6."
 
 SCRIPT = r"""
 import json
@@ -48,6 +53,11 @@ print(json.dumps(results))
 
 
 def test_attention_compiles_for_sm90_with_wgmma_and_no_spills():
+    if not triton.__version__.startswith(GPU_TRITON):
+        pytest.skip(
+            f"compile reports are pinned to triton {GPU_TRITON} (the GPU machine's); "
+            f"this is {triton.__version__}"
+        )
     pytest.importorskip("triton.backends.nvidia")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     done = subprocess.run(

@@ -110,3 +110,21 @@ def test_module_errors():
         fastformer.nn.GatedFeedForward(8, 16, bias=True)
     with pytest.raises(ValueError, match="activation='tanh'"):
         fastformer.nn.FeedForward(8, 16, activation="tanh")
+
+
+@pytest.mark.parametrize("hidden_act", ["relu", "silu", "gelu_new", "gelu"])
+def test_from_hf_modules_take_the_modules_activation(hidden_act):
+    """from_gpt2 / from_bert compute what the source module computes, without being told."""
+    from transformers import BertConfig, GPT2Config
+    from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+
+    config = BertConfig(hidden_size=16, intermediate_size=32, hidden_act=hidden_act)
+    intermediate, output = BertIntermediate(config).eval(), BertOutput(config).eval()
+    ff = fastformer.nn.FeedForward.from_bert(intermediate, output)
+    x = torch.randn(2, 3, 16)
+    torch.testing.assert_close(ff(x), output.dense(intermediate(x)), atol=1e-5, rtol=1e-5)
+
+    gpt2 = GPT2MLP(32, GPT2Config(n_embd=16, activation_function=hidden_act)).eval()
+    ff = fastformer.nn.FeedForward.from_gpt2(gpt2).eval()
+    torch.testing.assert_close(ff(x), gpt2(x), atol=1e-5, rtol=1e-5)

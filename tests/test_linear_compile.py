@@ -16,6 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import triton
+
+# Registers and spills differ between compiler releases: the numbers asserted here are
+# triton 3.6's, the version of the GPU machine these kernels are tuned for.
+GPU_TRITON = "3.6."
 
 SCRIPT = r"""
 import json, os, re, subprocess, sys, tempfile
@@ -92,6 +97,11 @@ print(json.dumps(results))
 
 
 def test_compiles_for_sm90_with_wgmma_and_no_spills(tmp_path):
+    if not triton.__version__.startswith(GPU_TRITON):
+        pytest.skip(
+            f"compile reports are pinned to triton {GPU_TRITON} (the GPU machine's); "
+            f"this is {triton.__version__}"
+        )
     pytest.importorskip("triton.backends.nvidia")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])

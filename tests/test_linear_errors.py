@@ -74,3 +74,11 @@ def test_interpreted_kernels_refuse_non_cpu_tensors():
     x = torch.ones(2, 8, device="meta")
     with pytest.raises(RuntimeError, match="interpreter"):
         linear_fwd(_runtime.as_rows(x, 1), torch.ones(4, 8, device="meta"), None, "gelu")
+
+
+def test_double_backward_is_refused_even_for_a_linear_loss():
+    x = torch.randn(3, 8, requires_grad=True)
+    w = torch.randn(5, 8, requires_grad=True)
+    out = fastformer.linear(x, w, None, "gelu")
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)

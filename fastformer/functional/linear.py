@@ -22,9 +22,8 @@ written. Double backward is not supported.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from fastformer.functional import _checks
+from fastformer.functional import _autograd, _checks
 from fastformer.kernels import _runtime
 from fastformer.kernels.linear import ACTIVATIONS, linear_bwd, linear_fwd
 
@@ -54,8 +53,8 @@ class _LinearFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
+        _autograd.refuse_double_backward("linear")
         x_saved, weight, weight_up, z, z_up = ctx.saved_tensors
         needs = ctx.needs_input_grad
         dx, dw, dw_up, db = linear_bwd(

@@ -386,7 +386,10 @@ def _linear_bwd_dw_kernel(
     if IS_GATED:
         tl.store(dw_up_ptr + out_offs, rounded_for_store(acc_up, BF16_RNE), mask=mask)
     if COMPUTE_DB:
-        tl.store(db_ptr + offs_n, rounded_for_store(db, BF16_RNE), mask=mask_n & (pid_k == 0))
+        # Only the first column block writes db (a scalar-and-vector mask is refused by
+        # Triton 3.9's interpreter, so the block tests its own id).
+        first_block = tl.full((BLOCK_N,), pid_k, tl.int32) == 0
+        tl.store(db_ptr + offs_n, rounded_for_store(db, BF16_RNE), mask=mask_n & first_block)
 
 
 _fwd = _autotuned(_linear_fwd_kernel)

@@ -33,6 +33,33 @@ HF_ACTIVATIONS = {
 }
 
 
+# Hugging Face activation modules (class names, so that transformers need not be imported) ->
+# fastformer's activation names.
+HF_ACTIVATION_MODULES = {
+    "GELUActivation": "gelu",
+    "GELU": "gelu",
+    "NewGELUActivation": "gelu_tanh",
+    "GELUTanh": "gelu_tanh",
+    "PytorchGELUTanh": "gelu_tanh",
+    "ReLU": "relu",
+    "SiLU": "silu",
+    "SiLUActivation": "silu",
+}
+
+
+def _activation_of(module: torch.nn.Module) -> str:
+    """fastformer's name for a Hugging Face activation module; an unknown one is refused."""
+    name = type(module).__name__
+    if name == "GELU" and getattr(module, "approximate", "none") == "tanh":
+        return "gelu_tanh"
+    if name not in HF_ACTIVATION_MODULES:
+        raise ValueError(
+            f"activation module {name} has no fused form; expected one of "
+            f"{tuple(HF_ACTIVATION_MODULES)} (or pass activation= explicitly)"
+        )
+    return HF_ACTIVATION_MODULES[name]
+
+
 def _resolve_activation(activation: str) -> str:
     if activation not in HF_ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {tuple(HF_ACTIVATIONS)}")
@@ -72,17 +99,17 @@ class FeedForward(torch.nn.Module):
         return self.dropout(linear(h, self.c_proj.weight, self.c_proj.bias))
 
     @classmethod
-    def from_gpt2(cls, mlp: torch.nn.Module, activation: str = "gelu_new") -> FeedForward:
+    def from_gpt2(cls, mlp: torch.nn.Module, activation: str | None = None) -> FeedForward:
         """A copy of Hugging Face's ``GPT2MLP`` (Conv1D weights transposed into Linear layout).
 
-        ``activation`` is the config's ``activation_function`` (GPT-2's default "gelu_new").
+        ``activation`` (a Hugging Face name) defaults to the one ``mlp.act`` computes.
         """
         hidden_size, intermediate_size = mlp.c_fc.weight.shape  # Conv1D: (in, out)
         weight = mlp.c_fc.weight
         ff = cls(
             hidden_size,
             intermediate_size,
-            activation,
+            activation if activation is not None else _activation_of(mlp.act),
             mlp.dropout.p,
             device=weight.device,
             dtype=weight.dtype,
@@ -96,14 +123,20 @@ class FeedForward(torch.nn.Module):
 
     @classmethod
     def from_bert(
-        cls, intermediate: torch.nn.Module, output: torch.nn.Module, activation: str = "gelu"
+        cls,
+        intermediate: torch.nn.Module,
+        output: torch.nn.Module,
+        activation: str | None = None,
     ) -> FeedForward:
         """A copy of a BERT layer's two dense Linears (``BertIntermediate``, ``BertOutput``).
 
-        The dropout is left at 0: ``BertOutput`` applies its own before its residual LayerNorm.
+        ``activation`` defaults to the one ``intermediate.intermediate_act_fn`` computes. The
+        dropout is left at 0: ``BertOutput`` applies its own before its residual LayerNorm.
         """
         weight = intermediate.dense.weight
         intermediate_size, hidden_size = weight.shape
+        if activation is None:
+            activation = _activation_of(intermediate.intermediate_act_fn)
         ff = cls(
             hidden_size, intermediate_size, activation, device=weight.device, dtype=weight.dtype
         )
