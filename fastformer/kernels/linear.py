@@ -13,16 +13,14 @@ One kernel family serves both forms (``IS_GATED`` adds a second weight and accum
   (and dWu = du.T @ x from the same x tile), and the programs of the first K column also reduce
   db = Σ_rows g. Each output tile belongs to one program looping over the whole reduction: no
   atomics, the same bits on every run.
-- Saved for the backward: the pre-activation z (gated: zg and zu), written by the forward in the
-  input dtype: M * N elements (gated 2 * M * N), the same that eager PyTorch keeps for its
-  activation's backward. Recomputing z would cost a second forward GEMM in the backward.
+- Saved for the backward: the pre-activation z (gated: zg and zu) in the input dtype, M * N
+  elements (gated 2 * M * N), as eager keeps; recomputing it would cost a second forward GEMM.
 
 Precision: fp16/bf16 operands run on tensor cores with fp32 accumulation; the bias, activation
 and gating are computed in fp32 and rounded once on store. In the backward, g is rounded to the
 operand dtype before its GEMMs (as eager PyTorch's g is), db is summed from fp32 g. fp32 operands
 follow ``torch.backends.cuda.matmul.allow_tf32`` (False by default): full fp32 (``ieee``) unless
-the caller allows tf32, the same contract as ``torch.nn.functional.linear``. Under Triton's
-interpreter the dots run in fp32 (its bf16 dot is broken; bf16 products are exact in fp32).
+the caller allows tf32, as ``torch.nn.functional.linear``. The interpreter's dots run in fp32.
 
 Addressing: x and dy are rows (``_runtime.Rows``: two row strides and a column stride, so
 permuted and sliced leading dims are read in place); weights take any two strides. Offsets are
@@ -386,9 +384,7 @@ def _linear_bwd_dw_kernel(
     if IS_GATED:
         tl.store(dw_up_ptr + out_offs, rounded_for_store(acc_up, BF16_RNE), mask=mask)
     if COMPUTE_DB:
-        # Only the first column block writes db (a scalar-and-vector mask is refused by
-        # Triton 3.9's interpreter, so the block tests its own id).
-        first_block = tl.full((BLOCK_N,), pid_k, tl.int32) == 0
+        first_block = tl.full((BLOCK_N,), pid_k, tl.int32) == 0  # only block 0 writes db
         tl.store(db_ptr + offs_n, rounded_for_store(db, BF16_RNE), mask=mask_n & first_block)
 
 
