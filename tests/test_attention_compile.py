@@ -31,12 +31,13 @@ UNIT_STRIDES = ("stride_q_dim", "stride_k_dim", "stride_v_dim", "stride_do_dim",
                 "stride_dk_dim", "stride_dq_dim")
 results = []
 for which, kernel in KERNELS.items():
-    for head_dim in (64, 128, 256):
-        config = attention_common.config(head_dim, kernel, which)
+  for head_dim, tiles in attention_common.GPU_TILES[which].items():
+    for tile in tiles:
+        config = dict(num_warps=tile.num_warps, num_stages=tile.num_stages)
         constexprs = dict(
             HAS_DROPOUT=False, HAS_WINDOW=False, IS_CAUSAL=True, BOTTOM_RIGHT=False,
             MASK_KIND=0, VARLEN=False, DOT_FP32=False, IEEE=False, BF16_RNE=False,
-            BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_D=config["BLOCK_D"],
+            BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_D=head_dim,
         )
         if which == "dq":
             constexprs["MASK_GRAD"] = False
@@ -47,7 +48,7 @@ for which, kernel in KERNELS.items():
         )
         usage = resource_usage(kernel, signature, constexprs, arch=90,
                                num_warps=config["num_warps"], num_stages=config["num_stages"])
-        results.append(dict(kernel=which, head_dim=head_dim, **usage))
+        results.append(dict(kernel=which, head_dim=head_dim, tile=tile.key(), **usage))
 print(json.dumps(results))
 """
 
@@ -65,8 +66,34 @@ def test_attention_compiles_for_sm90_with_wgmma_and_no_spills():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(results) == 9
+    assert len(results) >= 9
     for row in results:
         assert row["STACK"] == 0 and row["LOCAL"] == 0, row
         if row["head_dim"] <= 128:
             assert row["wgmma"], row
+
+
+def test_autotuner_offers_each_head_dim_only_its_own_tiles():
+    """The GPU autotuner's pruning: a launch tries exactly its head-dim bucket's tiles, once
+    each (checked in a process without the interpreter, where the GPU configs exist)."""
+    script = r"""
+import json
+from fastformer.kernels import attention_bwd, attention_common, attention_fwd
+out = {}
+for which, tuner in (("fwd", attention_fwd._attn_fwd), ("dkdv", attention_bwd._attn_bwd_dkdv),
+                     ("dq", attention_bwd._attn_bwd_dq)):
+    for head_dim in (16, 72, 128, 160, 256):
+        tuner.nargs = {"head_dim": head_dim}
+        got = [attention_common._config_key(c) for c in tuner.prune_configs({})]
+        bucket = attention_common.head_dim_bucket(head_dim)
+        want = [t.key() for t in attention_common.GPU_TILES[which][bucket]]
+        out[f"{which}-{head_dim}"] = got == want
+print(json.dumps(out))
+"""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results and all(results.values()), results

@@ -339,6 +339,10 @@ def _attn_bwd_dq_kernel(
     tl.store(dq_ptr + out_offsets, rounded_for_store(dq * sm_scale, BF16_RNE), mask=tile_md)
 
 
+_attn_bwd_dkdv = common.autotuned(_attn_bwd_dkdv_kernel, "dkdv")
+_attn_bwd_dq = common.autotuned(_attn_bwd_dq_kernel, "dq")
+
+
 def attention_bwd(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -401,21 +405,24 @@ def attention_bwd(
     flags = common.flags(
         q, kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0, window
     )
-    config = common.config(p.head_dim, kernel, "dkdv")
-    grid = (p.batch * p.n_kv_heads, triton.cdiv(p.seqlen_k, config["BLOCK_N"]))
-    kernel[grid](
+    block_d = common.block_d(p.head_dim)
+
+    def grid_kv(meta):
+        return (p.batch * p.n_kv_heads, triton.cdiv(p.seqlen_k, meta["BLOCK_N"]))
+
+    _attn_bwd_dkdv[grid_kv](
         q, k, v, mask_t, *seqlens, do, m, log2l, delta, dk, dv, *strides,
-        *common.bhsd_strides(dk, p.varlen), p.n_kv_heads, *sizes, **flags, **config,
+        *common.bhsd_strides(dk, p.varlen), p.n_kv_heads, *sizes, **flags, BLOCK_D=block_d,
     )  # fmt: skip
 
-    kernel = _attn_bwd_dq_kernel
-    config = common.config(p.head_dim, kernel, "dq")
-    grid = (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, config["BLOCK_M"]))
-    kernel[grid](
+    def grid_q(meta):
+        return (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, meta["BLOCK_M"]))
+
+    _attn_bwd_dq[grid_q](
         q, k, v, mask_t, *seqlens, do, m, log2l, delta, dq, dmask if mask_grad else delta,
         *strides,
         *common.bhsd_strides(dq, p.varlen), p.n_heads, *sizes, **flags, MASK_GRAD=mask_grad,
-        **config,
+        BLOCK_D=block_d,
     )  # fmt: skip
     return dq, dk, dv, _reduce_to(dmask, mask, p)
 

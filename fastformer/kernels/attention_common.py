@@ -193,40 +193,95 @@ def dropout_mask(seed: int, problem, dropout_p: float, device) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Tile:
+class Tile:
     block_m: int  # query rows per tile
     block_n: int  # keys per tile
     num_warps: int
     num_stages: int
 
+    def config(self) -> triton.Config:
+        blocks = dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n)
+        return triton.Config(blocks, num_warps=self.num_warps, num_stages=self.num_stages)
 
-# Tiles per kernel and head-dim bucket, read off the sm_90 compile (bf16, causal): each is the
-# largest tried that keeps 0 bytes of stack (no spills), wgmma where head_dim <= 128. At 256 no
-# backward tile with wgmma avoided spills, so the backward takes 32 x 32 (mma.sync) there.
-_TILES = {
-    "fwd": {64: _Tile(128, 64, 8, 2), 128: _Tile(128, 64, 8, 2), 256: _Tile(64, 32, 8, 1)},
-    "dkdv": {64: _Tile(32, 64, 8, 2), 128: _Tile(32, 64, 8, 2), 256: _Tile(32, 32, 8, 1)},
-    "dq": {64: _Tile(64, 64, 4, 2), 128: _Tile(64, 64, 8, 2), 256: _Tile(32, 32, 8, 1)},
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.block_m, self.block_n, self.num_warps, self.num_stages)
+
+
+# Autotuning candidates per kernel and head-dim bucket (the power of two >= head_dim, at least
+# 64). Each was compiled for sm_90 (bf16, causal; tests/test_attention_compile.py compiles them
+# all) with 0 bytes of stack, and with wgmma where head_dim <= 128. At 256 no backward tile with
+# wgmma avoided spills, so the backward takes 32 x 32 (mma.sync) there. The first candidate of
+# each bucket is the default when nothing is tuned.
+GPU_TILES = {
+    "fwd": {
+        64: (Tile(128, 64, 8, 2),),
+        128: (Tile(128, 64, 8, 2), Tile(128, 32, 8, 2)),
+        256: (Tile(64, 32, 8, 1),),
+    },
+    "dkdv": {
+        64: (Tile(32, 64, 8, 2), Tile(32, 64, 4, 2), Tile(64, 64, 8, 2)),
+        128: (Tile(32, 64, 8, 2),),
+        256: (Tile(32, 32, 8, 1),),
+    },
+    "dq": {
+        64: (Tile(64, 64, 4, 2),),
+        128: (Tile(64, 64, 8, 2),),
+        256: (Tile(32, 32, 8, 1),),
+    },
 }
+# What changes the best (or a valid) tile: the head dim (its bucket), the masking, the layout
+# and the extras. The autotuner adds the tensors' dtypes to the key itself.
+TUNING_KEY = [
+    "head_dim",
+    "IS_CAUSAL",
+    "BOTTOM_RIGHT",
+    "MASK_KIND",
+    "VARLEN",
+    "HAS_DROPOUT",
+    "HAS_WINDOW",
+]
 
 
-def config(head_dim: int, kernel, which: str) -> dict:
-    """Launch parameters of ``which`` kernel ("fwd", "dkdv", "dq") for ``head_dim``."""
-    block_d = max(MIN_BLOCK, triton.next_power_of_2(head_dim))
-    tile = _TILES[which][max(block_d, 64)]
+def head_dim_bucket(head_dim: int) -> int:
+    return max(triton.next_power_of_2(head_dim), 64)
+
+
+def block_d(head_dim: int) -> int:
+    return max(MIN_BLOCK, triton.next_power_of_2(head_dim))
+
+
+def interpreter_tile(which: str) -> Tile:
+    """The interpreter pays for padded work, not launches: small tiles, with the GPU tiles'
+    shape (which side is longer), so that tests walk the same block arithmetic."""
+    first = GPU_TILES[which][64][0]
+    if first.block_m > first.block_n:
+        return Tile(2 * MIN_BLOCK, MIN_BLOCK, 4, 1)
+    return Tile(MIN_BLOCK, 2 * MIN_BLOCK, 4, 1)
+
+
+def autotuned(kernel, which: str):
+    """``kernel`` under ``triton.autotune`` over its candidates for the call's head-dim bucket
+    (one fixed tile under the interpreter, which cannot benchmark)."""
     if _runtime.is_interpreted(kernel):
-        # The interpreter pays for padded work, not launches: small tiles, with the GPU tile's
-        # shape (which side is longer), so that tests walk the same block arithmetic.
-        long_m = tile.block_m > tile.block_n
-        block_m, block_n = (2 * MIN_BLOCK, MIN_BLOCK) if long_m else (MIN_BLOCK, 2 * MIN_BLOCK)
-        return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
-    return dict(
-        BLOCK_M=tile.block_m,
-        BLOCK_N=tile.block_n,
-        BLOCK_D=block_d,
-        num_warps=tile.num_warps,
-        num_stages=tile.num_stages,
-    )
+        configs = [interpreter_tile(which).config()]
+        prune = None
+    else:
+        unique = {tile.key(): tile for tiles in GPU_TILES[which].values() for tile in tiles}
+        configs = [tile.config() for tile in unique.values()]
+
+        def prune(configs, named_args, **kwargs):
+            allowed = {
+                tile.key() for tile in GPU_TILES[which][head_dim_bucket(named_args["head_dim"])]
+            }
+            return [c for c in configs if _config_key(c) in allowed]
+
+    options = {"early_config_prune": prune} if prune else None
+    return triton.autotune(configs=configs, key=TUNING_KEY, prune_configs_by=options)(kernel)
+
+
+def _config_key(config: triton.Config) -> tuple[int, int, int, int]:
+    blocks = config.kwargs
+    return (blocks["BLOCK_M"], blocks["BLOCK_N"], config.num_warps, config.num_stages)
 
 
 def flags(

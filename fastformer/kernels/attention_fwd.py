@@ -167,6 +167,9 @@ def _attn_fwd_kernel(
     tl.store(log2l_ptr + stat_offsets, log2l, mask=mask_m)
 
 
+_attn_fwd = common.autotuned(_attn_fwd_kernel, "fwd")
+
+
 def attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -209,9 +212,11 @@ def attention_fwd(
         return o.zero_(), m.fill_(float("inf")), log2l.zero_()
     _runtime.check_runnable(_attn_fwd_kernel, "q", q)
     mask_t, mask_strides = common.mask_args(mask, (p.batch, p.n_heads, p.seqlen_q, p.seqlen_k), q)
-    config = common.config(p.head_dim, _attn_fwd_kernel, "fwd")
-    grid = (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, config["BLOCK_M"]))
-    _attn_fwd_kernel[grid](
+
+    def grid(meta):
+        return (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, meta["BLOCK_M"]))
+
+    _attn_fwd[grid](
         q, k, v, mask_t, *common.seqlen_args(p, q), o, m, log2l,
         *common.bhsd_strides(q, p.varlen), *common.bhsd_strides(k, p.varlen),
         *common.bhsd_strides(v, p.varlen), *mask_strides,
@@ -222,7 +227,7 @@ def attention_fwd(
             q, _attn_fwd_kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0,
             window,
         ),
-        **config,
+        BLOCK_D=common.block_d(p.head_dim),
     )  # fmt: skip
     return o, m, log2l
 
