@@ -31,7 +31,7 @@ def _check_attention(check, q, k, v, **kwargs):
     )
 
 
-SEQ_PAIRS = [(1, 1), (17, 17), (63, 65), (65, 63), (8, 129), (5, 2), (2, 5)]
+SEQ_PAIRS = [(1, 1), (17, 17), (63, 65), (65, 63), (127, 127), (129, 129), (5, 2), (2, 5)]
 
 
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
@@ -58,7 +58,9 @@ def test_head_dims(check, device, head_dim):
 
 
 @pytest.mark.parametrize(
-    ("n_heads", "n_kv_heads"), [(4, 2), (8, 1), (6, 3)], ids=["gqa2", "mqa8", "gqa3"]
+    ("n_heads", "n_kv_heads"),
+    [(4, 2), (16, 2), (8, 1), (6, 3)],
+    ids=["gqa2", "gqa8", "mqa8", "gqa3"],
 )
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_grouped_query_attention(check, device, dtype, n_heads, n_kv_heads):
