@@ -35,11 +35,13 @@ def resource_usage(
     arch: int = 90,
     num_warps: int = 4,
     num_stages: int = 2,
+    attrs: dict | None = None,
 ) -> dict[str, int | bool]:
     """Compile ``kernel`` for ``sm_<arch>``; return REG, STACK, LOCAL (per thread, bytes for the
     last two), SHARED (bytes), ``wgmma`` (Hopper's warpgroup MMA in the PTX) and ``v4`` (count of
-    16-byte global loads and stores in the PTX)."""
-    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    16-byte global loads and stores in the PTX). ``attrs`` are Triton's argument attributes
+    (e.g. 16-divisibility, as the launcher's specialisation would give)."""
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": num_warps, "num_stages": num_stages}
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, WARP_SIZE), options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as cubin:

@@ -23,13 +23,10 @@ import triton
 GPU_TRITON = "3.6."
 
 SCRIPT = r"""
-import json, os, re, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json
+from fastformer.compile_report import resource_usage
 from fastformer.kernels import linear
 
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 UNIT_STRIDES = ("stride_x_k", "stride_w_k", "stride_w_up_k", "stride_b_n", "stride_dy_n")
 
 
@@ -46,18 +43,8 @@ def compile_for_sm90(kernel, flags, tile):
         signature[name] = "*bf16" if name.endswith("_ptr") else "i32"
         if "inner" not in name and "outer" not in name:
             attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(compiled.asm["cubin"])
-    out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True,
-                         text=True, check=True).stdout
-    os.unlink(f.name)
-    line = next(line for line in out.splitlines() if "REG:" in line)
-    usage = {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", line)}
-    usage["wgmma"] = "wgmma" in compiled.asm["ptx"]
-    return usage
+    return resource_usage(kernel, signature, constexprs, arch=90, num_warps=tile.num_warps,
+                          num_stages=tile.num_stages, attrs=attrs)
 
 
 FWD = dict(ACTIVATION="gelu", IS_GATED=False, HAS_BIAS=True, STORE_PRE=False)

@@ -25,13 +25,11 @@ import triton
 GPU_TRITON = "3.6."
 
 SCRIPT = r"""
-import json, os, re, subprocess, sys, tempfile
+import json, sys
 import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from fastformer.compile_report import resource_usage
 from fastformer.kernels import rotary
 
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 CONSTEXPRS = {"HAS_POSITION_IDS", "INTERLEAVED", "CONJUGATE", "COPY_PASS", "BF16_RNE",
               "BLOCK_T", "BLOCK_H", "BLOCK_HALF", "BLOCK_PASS"}
 
@@ -44,16 +42,9 @@ def _trig_only(x_ptr, y_ptr, BLOCK: tl.constexpr):
 
 
 def usage(fn, signature, constexprs, arch, attrs=None):
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": rotary.NUM_WARPS})
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(compiled.asm["cubin"])
-    out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True,
-                         text=True, check=True).stdout
-    line = next(line for line in out.splitlines() if "REG:" in line)
-    result = {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", line)}
-    result["V4"] = len(re.findall(r"(?:ld|st)\.global\.v4", compiled.asm["ptx"]))
+    result = resource_usage(fn, signature, constexprs, arch=arch, num_warps=rotary.NUM_WARPS,
+                            attrs=attrs)
+    result["V4"] = result.pop("v4")
     return result
 
 
