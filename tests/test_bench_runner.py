@@ -63,6 +63,26 @@ def test_bytes_for_mode_and_gbps():
         counts.bytes_for_mode("both", 10, 3)
 
 
+def test_flop_formulas_against_hand_counts():
+    # Attention forward: q @ k^T and p @ v, 2 * Sq * Sk * D each per (batch, head).
+    assert counts.attention_flops(2, 3, 5, 7, 11, is_causal=False) == 2 * 3 * (2 * 5 * 7 * 11) * 2
+    assert counts.attention_flops(2, 3, 8, 8, 16, is_causal=True) == 2 * 3 * 4 * 8 * 8 * 16 // 2
+    assert counts.gemm_flops(4, 5, 6) == 2 * 4 * 5 * 6
+    # 1 TFLOP in 1 ms is 1000 TFLOP/s.
+    assert counts.tflops(10**12, 1.0) == pytest.approx(1000.0)
+
+
+def test_attention_and_linear_cases_carry_their_flops():
+    from fastformer.benchmarks import attention, linear
+
+    shape = attention.AttentionShape(4, 16, 1024, 128)
+    case = attention.attention_case(shape, torch.bfloat16, is_causal=True)
+    assert case.fwd_flops == 4 * 4 * 16 * 1024 * 1024 * 128 // 2
+    assert case.bwd_flops == int(2.5 * case.fwd_flops)
+    gated = linear.linear_case("t", 64, 96, True, "silu", 32, torch.bfloat16)
+    assert gated.fwd_flops == 2 * (2 * 32 * 96 * 64) and gated.bwd_flops == 2 * gated.fwd_flops
+
+
 def test_norm_case_uses_the_formulas():
     case = norm.norm_case("layer_norm", (4096, 1024), torch.bfloat16, has_residual=True)
     assert case.op == "layer_norm+residual"
