@@ -11,9 +11,11 @@ Kernels must have been defined without ``TRITON_INTERPRET`` (run this in such a 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 
 import triton
@@ -83,3 +85,44 @@ def signature_of(kernel, constexprs, pointer_dtypes: dict[str, str], default_poi
         else:
             signature[name] = "i32"
     return signature
+
+
+# Registers and spills differ between compiler releases: reports are held to this one, the
+# version of the GPU machine the kernels are tuned for.
+PINNED_TRITON = "3.6."
+# How long one report script may take (a cold Triton cache compiles every variant).
+SCRIPT_TIMEOUT_S = 900
+
+
+def unpinned_reason() -> str | None:
+    """Why reports cannot be checked with this Triton (None when they can)."""
+    if not triton.__version__.startswith(PINNED_TRITON):
+        return (
+            f"compile reports are pinned to triton {PINNED_TRITON} (the GPU machine's); "
+            f"this is {triton.__version__}"
+        )
+    return None
+
+
+def run_report_script(source: str, workdir, args: tuple[str, ...] = ()):
+    """Run ``source`` (a script printing one JSON line last) in a fresh process without
+    ``TRITON_INTERPRET``, so that its kernels are defined for a GPU; return the parsed JSON.
+
+    The script is written to ``workdir`` first: ``@triton.jit`` needs its source in a file.
+    """
+    path = os.path.join(str(workdir), "compile_report_script.py")
+    with open(path, "w") as script:
+        script.write(source)
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, path, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=SCRIPT_TIMEOUT_S,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"compile report script failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -3,17 +3,9 @@ the tiles the launchers pick; checked on any machine (see fastformer/compile_rep
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
-import triton
 
-# Registers and spills differ between compiler releases: the numbers asserted here are
-# triton 3.6's, the version of the GPU machine these kernels are tuned for.
-GPU_TRITON = "3.6."
+from fastformer import compile_report
 
 SCRIPT = r"""
 import json
@@ -53,19 +45,11 @@ print(json.dumps(results))
 """
 
 
-def test_attention_compiles_for_sm90_with_wgmma_and_no_spills():
-    if not triton.__version__.startswith(GPU_TRITON):
-        pytest.skip(
-            f"compile reports are pinned to triton {GPU_TRITON} (the GPU machine's); "
-            f"this is {triton.__version__}"
-        )
+def test_attention_compiles_for_sm90_with_wgmma_and_no_spills(tmp_path):
     pytest.importorskip("triton.backends.nvidia")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    if compile_report.unpinned_reason():
+        pytest.skip(compile_report.unpinned_reason())
+    results = compile_report.run_report_script(SCRIPT, tmp_path)
     assert len(results) >= 9
     for row in results:
         assert row["STACK"] == 0 and row["LOCAL"] == 0, row
@@ -73,7 +57,7 @@ def test_attention_compiles_for_sm90_with_wgmma_and_no_spills():
             assert row["wgmma"], row
 
 
-def test_autotuner_offers_each_head_dim_only_its_own_tiles():
+def test_autotuner_offers_each_head_dim_only_its_own_tiles(tmp_path):
     """The GPU autotuner's pruning: a launch tries exactly its head-dim bucket's tiles, once
     each (checked in a process without the interpreter, where the GPU configs exist)."""
     script = r"""
@@ -90,10 +74,5 @@ for which, tuner in (("fwd", attention_fwd._attn_fwd), ("dkdv", attention_bwd._a
         out[f"{which}-{head_dim}"] = got == want
 print(json.dumps(out))
 """
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = compile_report.run_report_script(script, tmp_path)
     assert results and all(results.values()), results

@@ -9,18 +9,9 @@ strides are constants, pointers, sizes and row strides multiples of 16.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import triton
 
-# Registers and spills differ between compiler releases: the numbers asserted here are
-# triton 3.6's, the version of the GPU machine these kernels are tuned for.
-GPU_TRITON = "3.6."
+from fastformer import compile_report
 
 SCRIPT = r"""
 import json
@@ -84,23 +75,10 @@ print(json.dumps(results))
 
 
 def test_compiles_for_sm90_with_wgmma_and_no_spills(tmp_path):
-    if not triton.__version__.startswith(GPU_TRITON):
-        pytest.skip(
-            f"compile reports are pinned to triton {GPU_TRITON} (the GPU machine's); "
-            f"this is {triton.__version__}"
-        )
     pytest.importorskip("triton.backends.nvidia")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    script = tmp_path / "compile_linear.py"  # @triton.jit needs its source in a file
-    script.write_text(SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
-    )
-    if done.returncode != 0 and "cuobjdump" in done.stderr and "No such file" in done.stderr:
-        pytest.skip("Triton's wheel has no cuobjdump here")
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    if compile_report.unpinned_reason():
+        pytest.skip(compile_report.unpinned_reason())
+    results = compile_report.run_report_script(SCRIPT, tmp_path)
     for name, usage in results.items():
         assert usage["STACK"] == 0 and usage["LOCAL"] == 0, (name, usage)
         # A warpgroup's wgmma covers 64 rows: tiles of 64 rows or more must use it.
