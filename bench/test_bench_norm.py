@@ -68,7 +68,7 @@ def test_norm(benchmark, case: runner.Case, mode: str, provider: str) -> None:
         dtype=str(case.dtype),
         mode=mode,
         provider=provider,
-        bytes=counts.bytes_for_mode(mode, case.fwd_bytes, case.bwd_bytes),
+        bytes=counts.for_mode(mode, case.fwd_bytes, case.bwd_bytes),
         timing=devices.timing_label(DEVICE),
     )
 

@@ -54,13 +54,13 @@ def test_norm_bwd_bytes_rms_norm_fp32():
     assert counts.norm_bwd_bytes(64, 256, elem_bytes=4) == 196_608 + 2_048
 
 
-def test_bytes_for_mode_and_gbps():
-    assert counts.bytes_for_mode("fwd", 10, 3) == 10
-    assert counts.bytes_for_mode("bwd", 10, 3) == 3
-    assert counts.bytes_for_mode("fwd+bwd", 10, 3) == 13
+def test_for_mode_and_gbps():
+    assert counts.for_mode("fwd", 10, 3) == 10
+    assert counts.for_mode("bwd", 10, 3) == 3
+    assert counts.for_mode("fwd+bwd", 10, 3) == 13
     assert counts.gbps(10**9, 1000.0) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="mode='both'"):
-        counts.bytes_for_mode("both", 10, 3)
+        counts.for_mode("both", 10, 3)
 
 
 def test_flop_formulas_against_hand_counts():

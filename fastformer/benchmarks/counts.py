@@ -65,14 +65,15 @@ def norm_bwd_bytes(
     return n_rows * n_cols * elem_bytes * activations + n_cols * param_bytes * params
 
 
-def bytes_for_mode(mode: str, fwd_bytes: int, bwd_bytes: int) -> int:
-    """The bytes of one timed call in ``mode``: the forward's, the backward's, or their sum."""
+def for_mode(mode: str, fwd_count: int, bwd_count: int) -> int:
+    """One timed call's count in ``mode`` (bytes or FLOPs): the forward's, the backward's, or
+    their sum."""
     if mode == "fwd":
-        return fwd_bytes
+        return fwd_count
     if mode == "bwd":
-        return bwd_bytes
+        return bwd_count
     if mode == "fwd+bwd":
-        return fwd_bytes + bwd_bytes
+        return fwd_count + bwd_count
     raise ValueError(f"mode={mode!r} is not one of {MODES}")
 
 

@@ -111,7 +111,7 @@ def _fwd_flops(m: int, k: int, n: int, gated: bool) -> int:
 
 def case_flops(case: Case, mode: str) -> int:
     """FLOPs of one timed call of ``case`` in ``mode``."""
-    return counts.bytes_for_mode(mode, case.fwd_flops, case.bwd_flops)
+    return counts.for_mode(mode, case.fwd_flops, case.bwd_flops)
 
 
 def linear_cases(

@@ -211,8 +211,8 @@ def run_case(
     """Check and time each of ``providers`` that ``case`` offers, in ``mode``. A case with a
     FLOP count is judged against the matmul peak, others against the copy bandwidth."""
     prepared = prepare(case, mode, device, generator)
-    n_bytes = counts.bytes_for_mode(mode, case.fwd_bytes, case.bwd_bytes)
-    n_flops = counts.bytes_for_mode(mode, case.fwd_flops, case.bwd_flops)
+    n_bytes = counts.for_mode(mode, case.fwd_bytes, case.bwd_bytes)
+    n_flops = counts.for_mode(mode, case.fwd_flops, case.bwd_flops)
     rows: list[Row] = []
     for provider in providers:
         if provider not in case.providers:

@@ -43,11 +43,13 @@ MAX_SEED = 2**62
 
 class _AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, problem, options):
+    def forward(ctx, q, k, v, mask, problem, options, want_lse):
         o, m, log2l = attention_fwd(q, k, v, problem, mask=mask, **options)
         ctx.save_for_backward(q, k, v, o, m, log2l, mask)
         ctx.problem, ctx.options = problem, options
         ctx.set_materialize_grads(False)
+        if not want_lse:  # no extra pass over the statistics when nobody asked for them
+            return o, None
         lse = torch.where(torch.isinf(m), m, m + log2l)  # base 2; +inf: the row saw no key
         return o, lse
 
@@ -62,7 +64,7 @@ class _AttentionFunction(torch.autograd.Function):
             do, q, k, v, o, m, log2l, ctx.problem, mask=mask, mask_grad=mask_grad, dlse=dlse,
             **ctx.options,
         )  # fmt: skip
-        return dq, dk, dv, dmask, None, None
+        return dq, dk, dv, dmask, None, None, None
 
 
 def _check_qkv(q, k, v) -> None:
@@ -259,7 +261,7 @@ def scaled_dot_product_attention(
     scale = _check_options(causal_alignment, scale, q.shape[-1])
     problem = common.Problem(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
     options = _options(mask_kind, scale, is_causal, causal_alignment, dropout_p, window)
-    out, lse = _AttentionFunction.apply(q, k, v, attn_mask, problem, options)
+    out, lse = _AttentionFunction.apply(q, k, v, attn_mask, problem, options, bool(return_lse))
     if unbatched:
         out = out.squeeze(0)
     if not return_lse:
@@ -359,5 +361,5 @@ def varlen_attention(
         cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2], cu_q, cu_k
     )
     options = _options(common.MASK_NONE, scale, is_causal, causal_alignment, dropout_p, window)
-    out, lse = _AttentionFunction.apply(q, k, v, None, problem, options)
+    out, lse = _AttentionFunction.apply(q, k, v, None, problem, options, bool(return_lse))
     return (out, _natural_lse(lse)) if return_lse else out
