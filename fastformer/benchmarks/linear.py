@@ -6,10 +6,10 @@ the kernels run in Triton's interpreter, so the suite shrinks to 64 tokens of 12
 features: enough to exercise the kernels, the checks and the table.
 
 Providers: eager ``F.linear`` followed by ``F.gelu`` (or ``silu(x @ Wg.T) * (x @ Wu.T)``), the
-same under torch.compile, and fastformer. The runner reports GB/s from
-:func:`counts.linear_fwd_bytes`; a GEMM is compute-bound, so TFLOP/s, from
-:func:`counts.gemm_flops` (``2 * M * N * K`` per product), is the unit that matters:
-:func:`case_flops` gives it per case and mode.
+same under torch.compile, torch._addmm_activation (forward only, where its epilogue computes the
+same activation) and fastformer. Each case carries its FLOPs (:func:`counts.gemm_flops`,
+``2 * M * N * K`` per product): a GEMM is compute-bound, so the runner reports TFLOP/s and the
+fraction of the measured matmul peak, next to GB/s from :func:`counts.linear_fwd_bytes`.
 """
 
 from __future__ import annotations
@@ -107,11 +107,6 @@ def linear_case(
 def _fwd_flops(m: int, k: int, n: int, gated: bool) -> int:
     """One GEMM per weight in the forward (the backward: two, dx and dweight)."""
     return counts.gemm_flops(m, n, k) * (2 if gated else 1)
-
-
-def case_flops(case: Case, mode: str) -> int:
-    """FLOPs of one timed call of ``case`` in ``mode``."""
-    return counts.for_mode(mode, case.fwd_flops, case.bwd_flops)
 
 
 def linear_cases(
