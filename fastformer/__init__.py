@@ -20,6 +20,10 @@ _EXPORTS = {
     "apply_rotary": "fastformer.functional",
     "linear": "fastformer.functional",
     "gated_linear": "fastformer.functional",
+    "decode_attention": "fastformer.functional",
+    "kv_cache_append_": "fastformer.functional",
+    "rotate_queries": "fastformer.functional",
+    "decode_positions": "fastformer.functional",
 }
 _SUBMODULES = ("functional", "nn", "reference", "testing")
 __all__ = [*_EXPORTS, *_SUBMODULES]

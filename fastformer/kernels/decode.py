@@ -1,0 +1,372 @@
+"""Decode attention in Triton: a few new queries per row against a KV cache, split over the keys.
+
+Query ``i`` of ``seqlen_q`` in row ``b`` sits at position ``cache_seqlens[b] - seqlen_q + i`` and
+sees the cached keys at positions up to its own (bottom-right causal alignment); every row has
+its own length, read from ``cache_seqlens`` on the device (no host sync). The cache is dense or
+paged (addressing in ``kernels/kv_cache.py``).
+
+Design (split-K, "flash decoding"):
+- Grid (batch * n_kv_heads * row_blocks, n_splits). A program takes one KV head and ALL the
+  query rows that read it: the GQA group's heads times the ``seqlen_q`` queries, as one tile of
+  ``BLOCK_M`` rows (row ``r`` is head ``r // seqlen_q`` of the group, query ``r % seqlen_q``),
+  padded to at least 16 rows so that the products run on tensor cores. Each K/V block is loaded
+  once for the whole group. A group larger than ``MAX_BLOCK_M`` rows takes several row blocks
+  (each loads K/V once).
+- Split ``s`` of row ``b`` covers keys ``[s * chunk, (s + 1) * chunk)`` with ``chunk =
+  cdiv(cdiv(len_b, n_splits), BLOCK_N) * BLOCK_N``: every row's keys spread over all splits,
+  whatever its length; splits past the row's end write an empty result.
+- A split writes its rows' output normalised by its own softmax sum, and its log-sum-exp (base
+  2), in fp32; the combine kernel weights split ``s`` by ``exp2(lse_s - max lse)`` and
+  normalises by the sum of those weights. With one split the decode kernel writes the final
+  output in q's dtype itself and there is no combine launch.
+- Online softmax in fp32 and base 2, as ``attention_fwd``. Rows that see no key (length 0, or
+  queries before the first key) give 0 and a log-sum-exp of -inf.
+
+How many splits (:func:`num_splits_heuristic`): enough programs to give every streaming
+multiprocessor ``PROGRAMS_PER_SM`` of them (``_runtime.max_programs``), but at least
+``MIN_KEYS_PER_SPLIT`` keys per split (fewer would cost more in partial writes and the combine
+than they save), at most ``MAX_SPLITS``. It reads the cache's capacity, not the lengths, so the
+choice costs no host sync (as flash-attention's KV-cache path does); short rows then leave
+splits empty, which exit after writing their empty result.
+
+Limits: head_dim <= 256; lengths are clamped to the cache's capacity in the kernel (the
+functional layer refuses longer ones before the launch), so no key is read out of bounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastformer.kernels import _runtime
+from fastformer.kernels import attention_common as common
+from fastformer.kernels._jit import rounded_for_store
+from fastformer.kernels.kv_cache import cache_capacity, cache_offsets, cache_strides
+
+# Most query rows (group heads x queries) in one tile: 64 x head_dim fp32 accumulators stay in
+# registers at head_dim 256 (see GPU_TILES); larger groups take several row blocks.
+MAX_BLOCK_M = 64
+# Fewest keys a split should hold: below this, writing fp32 partial rows and combining them
+# costs about as much as reading the keys they cover.
+MIN_KEYS_PER_SPLIT = 256
+# Most splits (flash-attention's cap as well): past it the combine reads more partials than the
+# grid gains in parallelism.
+MAX_SPLITS = 128
+LN2 = math.log(2.0)
+_LN2 = tl.constexpr(LN2)  # natural log-sum-exp = base-2 one x ln(2)
+
+
+@triton.jit
+def _decode_attn_kernel(
+    q_ptr,  # (batch, n_heads, seqlen_q, head_dim)
+    k_ptr,  # dense (batch, n_kv_heads, max_seqlen, head_dim) or paged (pages, page, heads, dim)
+    v_ptr,  # like k
+    seqlens_ptr,  # (batch,) int32: keys per row, the new queries' keys included
+    block_table_ptr,  # (batch, max_blocks) int32 when PAGED, else unused
+    o_ptr,  # (batch, n_heads, seqlen_q, n_splits, head_dim) through strides, out
+    lse_ptr,  # (batch, n_heads, seqlen_q, n_splits) fp32, base 2, out
+    stride_q_batch,
+    stride_q_head,
+    stride_q_seq,
+    stride_q_dim,
+    stride_k_batch,  # paged: between pages
+    stride_k_head,
+    stride_k_seq,  # paged: between slots of a page
+    stride_k_dim,
+    stride_v_batch,
+    stride_v_head,
+    stride_v_seq,
+    stride_v_dim,
+    stride_bt_batch,
+    stride_bt_block,
+    stride_o_batch,
+    stride_o_head,
+    stride_o_seq,
+    stride_o_split,
+    stride_o_dim,
+    stride_lse_batch,
+    stride_lse_head,
+    stride_lse_seq,
+    stride_lse_split,
+    n_kv_heads,
+    group_size,
+    seqlen_q,
+    capacity,
+    head_dim,
+    page_size,
+    n_splits,
+    sm_scale_log2,
+    PAGED: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    BF16_RNE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Output and log-sum-exp of one split of the keys for BLOCK_M rows of one KV head."""
+    pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    n_rows = group_size * seqlen_q
+    row_blocks = tl.cdiv(n_rows, BLOCK_M)
+    block_m = pid % row_blocks
+    batch = pid // row_blocks // n_kv_heads
+    kv_head = pid // row_blocks % n_kv_heads
+
+    seqlen_k = tl.load(seqlens_ptr + batch)
+    seqlen_k = tl.minimum(tl.maximum(seqlen_k, 0), capacity)
+    chunk = tl.cdiv(tl.cdiv(seqlen_k, n_splits), BLOCK_N) * BLOCK_N
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, seqlen_k)
+
+    # Rows: (head of the group, query); each query sees keys up to its own position.
+    rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = rows < n_rows
+    head = kv_head * group_size + rows // seqlen_q
+    query = rows % seqlen_q
+    last_key = seqlen_k - seqlen_q + query
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    tile_md = mask_m[:, None] & mask_d[None, :]
+
+    q_rows = batch * stride_q_batch + head * stride_q_head + query * stride_q_seq
+    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :] * stride_q_dim, mask=tile_md, other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        mask_n = cols < hi
+        k_keys = cache_offsets(
+            batch, cols, mask_n, block_table_ptr, stride_bt_batch, stride_bt_block, page_size,
+            stride_k_batch, stride_k_seq, PAGED,
+        )  # fmt: skip
+        k_keys += kv_head * stride_k_head
+        k_t = tl.load(
+            k_ptr + k_keys[None, :] + offs_d[:, None] * stride_k_dim,
+            mask=mask_n[None, :] & mask_d[:, None],
+            other=0.0,
+        )
+        s = common.dot(q, k_t, DOT_FP32, IEEE) * sm_scale_log2
+        valid = mask_n[None, :] & (cols[None, :] <= last_key[:, None])
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing seen yet keeps m = -inf; subtract 0 there so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if PAGED:  # v's pages are k's; only the strides may differ
+            v_keys = cache_offsets(
+                batch, cols, mask_n, block_table_ptr, stride_bt_batch, stride_bt_block,
+                page_size, stride_v_batch, stride_v_seq, PAGED,
+            )  # fmt: skip
+        else:
+            v_keys = batch * stride_v_batch + cols.to(tl.int64) * stride_v_seq
+        v_keys += kv_head * stride_v_head
+        v = tl.load(
+            v_ptr + v_keys[:, None] + offs_d[None, :] * stride_v_dim,
+            mask=mask_n[:, None] & mask_d[None, :],
+            other=0.0,
+        )
+        acc = acc * alpha[:, None] + common.dot(p.to(v.dtype), v, DOT_FP32, IEEE)
+        m_i = m_new
+
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+    o_rows = batch * stride_o_batch + head * stride_o_head + query * stride_o_seq
+    o_rows += split * stride_o_split
+    o_ptrs = o_ptr + o_rows[:, None] + offs_d[None, :] * stride_o_dim
+    tl.store(o_ptrs, rounded_for_store(out, BF16_RNE), mask=tile_md)
+    lse_rows = batch * stride_lse_batch + head * stride_lse_head + query * stride_lse_seq
+    tl.store(lse_ptr + lse_rows + split * stride_lse_split, lse, mask=mask_m)
+
+
+@triton.jit
+def _decode_combine_kernel(
+    o_part_ptr,  # (batch, n_heads, seqlen_q, n_splits, head_dim) fp32, contiguous
+    lse_part_ptr,  # (batch, n_heads, seqlen_q, n_splits) fp32, base 2, contiguous
+    o_ptr,  # (batch, n_heads, seqlen_q, head_dim), out
+    lse_ptr,  # (batch, n_heads, seqlen_q) fp32, natural log, out when HAS_LSE
+    n_heads,
+    seqlen_q,
+    head_dim,
+    n_splits,
+    stride_o_batch,
+    stride_o_head,
+    stride_o_seq,
+    stride_o_dim,
+    stride_lse_batch,
+    stride_lse_head,
+    stride_lse_seq,
+    HAS_LSE: tl.constexpr,
+    BF16_RNE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Merge the splits of one query row by their log-sum-exps."""
+    row = tl.program_id(0).to(tl.int64)  # (batch * n_heads + head) * seqlen_q + query
+    query = row % seqlen_q
+    head = row // seqlen_q % n_heads
+    batch = row // seqlen_q // n_heads
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    lse_row = lse_part_ptr + row * n_splits
+    o_row = o_part_ptr + row * n_splits * head_dim
+
+    lse_all = tl.load(lse_row + offs_s, mask=offs_s < n_splits, other=float("-inf"))
+    lse_max = tl.max(lse_all, axis=0)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # no key anywhere: weights 0
+    total = tl.sum(tl.exp2(lse_all - lse_max), axis=0)
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for split in range(0, n_splits):
+        weight = tl.exp2(tl.load(lse_row + split) - lse_max)
+        acc += weight * tl.load(o_row + split * head_dim + offs_d, mask=mask_d, other=0.0)
+
+    seen = total > 0.0
+    out = acc / tl.where(seen, total, 1.0)
+    o_ptrs = o_ptr + batch * stride_o_batch + head * stride_o_head + query * stride_o_seq
+    tl.store(o_ptrs + offs_d * stride_o_dim, rounded_for_store(out, BF16_RNE), mask=mask_d)
+    if HAS_LSE:
+        lse2 = lse_max + tl.log2(tl.where(seen, total, 1.0))
+        lse = tl.where(seen, lse2 * _LN2, float("-inf"))
+        lse_off = batch * stride_lse_batch + head * stride_lse_head + query * stride_lse_seq
+        tl.store(lse_ptr + lse_off, lse)
+
+
+# Autotuning candidates per head-dim bucket (the power of two >= head_dim, at least 64): keys per
+# tile, warps, stages. Each compiles for sm_90 with every BLOCK_M (16 to MAX_BLOCK_M) without
+# spills (tests/test_decode_compile.py). The first is the default when nothing is tuned.
+GPU_TILES = {
+    64: ((128, 4, 3), (64, 4, 3)),
+    128: ((64, 4, 3), (128, 8, 3)),
+    256: ((32, 4, 2), (64, 8, 2)),
+}
+INTERPRETER_BLOCK_N = 32
+TUNING_KEY = ["head_dim", "PAGED", "BLOCK_M"]
+
+
+def _config(block_n: int, num_warps: int, num_stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
+
+
+def _autotuned(kernel):
+    if _runtime.is_interpreted(kernel):
+        return triton.autotune(configs=[_config(INTERPRETER_BLOCK_N, 4, 1)], key=TUNING_KEY)(kernel)
+    unique = {tile for tiles in GPU_TILES.values() for tile in tiles}
+
+    def prune(configs, named_args, **kwargs):
+        allowed = GPU_TILES[common.head_dim_bucket(named_args["head_dim"])]
+        return [c for c in configs if (c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
+
+    configs = [_config(*tile) for tile in sorted(unique)]
+    return triton.autotune(
+        configs=configs, key=TUNING_KEY, prune_configs_by={"early_config_prune": prune}
+    )(kernel)
+
+
+_decode_attn = _autotuned(_decode_attn_kernel)
+
+
+def block_m_for(group_size: int, seqlen_q: int) -> int:
+    """Rows per tile: the group's heads times the queries, at least 16, at most MAX_BLOCK_M."""
+    rows = group_size * seqlen_q
+    return min(max(common.MIN_BLOCK, triton.next_power_of_2(rows)), MAX_BLOCK_M)
+
+
+def num_splits_heuristic(n_programs: int, capacity: int, device: torch.device) -> int:
+    """Splits of the keys for ``n_programs`` (batch x KV heads x row blocks) and ``capacity``
+    keys per row: see the module docstring."""
+    if n_programs == 0 or capacity == 0:
+        return 1
+    wanted = triton.cdiv(_runtime.max_programs(device), n_programs)
+    most = triton.cdiv(capacity, MIN_KEYS_PER_SPLIT)
+    return max(1, min(wanted, most, MAX_SPLITS))
+
+
+def decode_attention_fwd(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    scale: float,
+    num_splits: int | None = None,
+    block_table: torch.Tensor | None = None,
+    want_lse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decode attention (unchecked; see the module docstring).
+
+    Args:
+        q: (batch, n_heads, seqlen_q, head_dim), fp32/fp16/bf16, any strides.
+        k_cache, v_cache: q's dtype; dense (batch, n_kv_heads, max_seqlen, head_dim) or, with
+            ``block_table`` ((batch, max_blocks) int32), paged (num_blocks, block_size,
+            n_kv_heads, head_dim); any strides.
+        cache_seqlens: (batch,) int32 keys per row, contiguous.
+        num_splits: splits of the keys, or None for :func:`num_splits_heuristic`.
+    Returns:
+        o: (batch, n_heads, seqlen_q, head_dim) in q's dtype, contiguous; and with ``want_lse``
+        the (batch, n_heads, seqlen_q) fp32 natural log-sum-exp (-inf where no key is seen).
+    """
+    batch, n_heads, seqlen_q, head_dim = q.shape
+    paged = block_table is not None
+    n_kv_heads = k_cache.shape[2] if paged else k_cache.shape[1]
+    capacity = cache_capacity(k_cache, block_table)
+    device = q.device
+    o = _runtime.empty(q.shape, dtype=q.dtype, device=device)
+    if o.numel() == 0:
+        return o, torch.full(q.shape[:3], float("-inf"), device=device) if want_lse else None
+    _runtime.check_runnable(_decode_attn_kernel, "q", q)
+    group_size = n_heads // n_kv_heads
+    block_m = block_m_for(group_size, seqlen_q)
+    row_blocks = triton.cdiv(group_size * seqlen_q, block_m)
+    n_programs = batch * n_kv_heads * row_blocks
+    if num_splits is None:
+        num_splits = num_splits_heuristic(n_programs, capacity, device)
+    if num_splits == 1:  # the final output straight from the decode kernel
+        o_part, lse_part = o, _runtime.empty(q.shape[:3], dtype=torch.float32, device=device)
+        o_strides = (*o.stride()[:3], 0, o.stride(3))
+        lse_strides = (*lse_part.stride(), 0)
+    else:
+        part_shape = (batch, n_heads, seqlen_q, num_splits)
+        o_part = _runtime.empty((*part_shape, head_dim), dtype=torch.float32, device=device)
+        lse_part = _runtime.empty(part_shape, dtype=torch.float32, device=device)
+        o_strides, lse_strides = o_part.stride(), lse_part.stride()
+
+    unused = cache_seqlens
+    _decode_attn[(n_programs, num_splits)](
+        q, k_cache, v_cache, cache_seqlens, block_table if paged else unused, o_part, lse_part,
+        *q.stride(), *cache_strides(k_cache, paged), *cache_strides(v_cache, paged),
+        block_table.stride(0) if paged else 0, block_table.stride(1) if paged else 0,
+        *o_strides, *lse_strides,
+        n_kv_heads, group_size, seqlen_q, capacity, head_dim,
+        k_cache.shape[1] if paged else 1, num_splits, scale * common.LOG2E,
+        PAGED=paged,
+        DOT_FP32=_runtime.is_interpreted(_decode_attn_kernel),
+        IEEE=q.dtype == torch.float32,
+        BF16_RNE=num_splits == 1
+        and _runtime.software_bf16_rounding(_decode_attn_kernel, q.dtype),
+        BLOCK_M=block_m,
+        BLOCK_D=common.block_d(head_dim),
+    )  # fmt: skip
+    if num_splits == 1:
+        return o, (lse_part * LN2 if want_lse else None)
+
+    lse = _runtime.empty(q.shape[:3], dtype=torch.float32, device=device) if want_lse else None
+    _decode_combine_kernel[(batch * n_heads * seqlen_q,)](
+        o_part, lse_part, o, lse if want_lse else lse_part,
+        n_heads, seqlen_q, head_dim, num_splits,
+        *o.stride(), *(lse.stride() if want_lse else (0, 0, 0)),
+        HAS_LSE=want_lse,
+        BF16_RNE=_runtime.software_bf16_rounding(_decode_combine_kernel, q.dtype),
+        BLOCK_S=triton.next_power_of_2(num_splits),
+        BLOCK_D=common.block_d(head_dim),
+    )  # fmt: skip
+    return o, lse
