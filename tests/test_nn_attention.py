@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from module_reference import reference_attention
 
 import fastformer.nn
 from fastformer.functional.attention import draw_seed
@@ -48,58 +49,6 @@ CASES = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # fp16 is as cheap as the others here but adds little over bf16: run it on a few cases.
 FP16_CASES = ("self_fused", "gqa_fused", "cross_fused", "rotary")
-
-
-def _rotate(x, inv_freq, positions):
-    """NeoX (rotate-half) rotary of the first 2 * len(inv_freq) features. x: (B, S, H, D);
-    positions: (B or 1, S)."""
-    rot = 2 * inv_freq.numel()
-    angles = positions[..., None].double() * inv_freq.double()  # (B, S, rot / 2)
-    cos = torch.cat([angles.cos()] * 2, -1)[:, :, None, :].to(x.dtype)  # (B, S, 1, rot)
-    sin = torch.cat([angles.sin()] * 2, -1)[:, :, None, :].to(x.dtype)
-    head, rest = x[..., :rot], x[..., rot:]
-    first, second = head.chunk(2, dim=-1)
-    rotated = head * cos + torch.cat([-second, first], -1) * sin
-    return torch.cat([rotated, rest], -1)
-
-
-def reference_attention(module, params, x, memory, padding, bias, positions):
-    """The eager composition: see the module docstring. ``params`` maps names to tensors."""
-    heads, kv_heads, head_dim = module.n_heads, module.n_kv_heads, module.head_dim
-
-    def project(name, inp):
-        return F.linear(inp, params[f"{name}.weight"], params.get(f"{name}.bias"))
-
-    q_size, kv_size = heads * head_dim, kv_heads * head_dim
-    source = x if memory is None else memory
-    if module.fused_qkv and memory is None:
-        q, k, v = project("qkv_proj", x).split([q_size, kv_size, kv_size], dim=-1)
-    elif module.fused_qkv:
-        q = project("q_proj", x)
-        k, v = project("kv_proj", source).split([kv_size, kv_size], dim=-1)
-    else:
-        q, k, v = project("q_proj", x), project("k_proj", source), project("v_proj", source)
-    batch, seq_q, seq_k = x.shape[0], x.shape[1], source.shape[1]
-    q = q.reshape(batch, seq_q, heads, head_dim)
-    k = k.reshape(batch, seq_k, kv_heads, head_dim)
-    v = v.reshape(batch, seq_k, kv_heads, head_dim)
-    if module.rotary is not None:
-        pos = positions if positions is not None else torch.arange(seq_q)[None]
-        q, k = _rotate(q, module.rotary.inv_freq, pos), _rotate(k, module.rotary.inv_freq, pos)
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    k = k.repeat_interleave(heads // kv_heads, dim=1)
-    v = v.repeat_interleave(heads // kv_heads, dim=1)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
-    if bias is not None:
-        scores = scores + bias
-    if module.is_causal:
-        future = torch.ones(seq_q, seq_k, dtype=torch.bool).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    if padding is not None:
-        scores = scores.masked_fill(~padding[:, None, None, :], float("-inf"))
-    out = torch.softmax(scores, dim=-1) @ v  # (B, H, Sq, D)
-    out = out.transpose(1, 2).reshape(batch, seq_q, q_size)
-    return project("o_proj", out)
 
 
 def _build(case: dict, device, dtype) -> MultiHeadAttention:
