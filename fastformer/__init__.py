@@ -24,8 +24,9 @@ _EXPORTS = {
     "kv_cache_append_": "fastformer.functional",
     "rotate_queries": "fastformer.functional",
     "decode_positions": "fastformer.functional",
+    "optimize": "fastformer.integrations",
 }
-_SUBMODULES = ("functional", "nn", "reference", "testing")
+_SUBMODULES = ("functional", "nn", "reference", "testing", "integrations")
 __all__ = [*_EXPORTS, *_SUBMODULES]
 
 
