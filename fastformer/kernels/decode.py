@@ -55,6 +55,8 @@ MIN_KEYS_PER_SPLIT = 256
 # Most splits (flash-attention's cap as well): past it the combine reads more partials than the
 # grid gains in parallelism.
 MAX_SPLITS = 128
+# fp32 partial elements the combine holds per step (splits x features): 16 a thread at 4 warps.
+COMBINE_TILE = 2048
 LN2 = math.log(2.0)
 _LN2 = tl.constexpr(LN2)  # natural log-sum-exp = base-2 one x ln(2)
 
@@ -210,7 +212,7 @@ def _decode_combine_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Merge the splits of one query row by their log-sum-exps."""
+    """Merge the splits of one query row by their log-sum-exps, BLOCK_S splits at a time."""
     row = tl.program_id(0).to(tl.int64)  # (batch * n_heads + head) * seqlen_q + query
     query = row % seqlen_q
     head = row // seqlen_q % n_heads
@@ -221,14 +223,27 @@ def _decode_combine_kernel(
     lse_row = lse_part_ptr + row * n_splits
     o_row = o_part_ptr + row * n_splits * head_dim
 
-    lse_all = tl.load(lse_row + offs_s, mask=offs_s < n_splits, other=float("-inf"))
-    lse_max = tl.max(lse_all, axis=0)
+    # The largest log-sum-exp first, so that every weight exp2(lse_s - max) is at most 1.
+    best = tl.full((BLOCK_S,), float("-inf"), dtype=tl.float32)
+    for start in range(0, n_splits, BLOCK_S):
+        splits = start + offs_s
+        chunk = tl.load(lse_row + splits, mask=splits < n_splits, other=float("-inf"))
+        best = tl.maximum(best, chunk)
+    lse_max = tl.max(best, axis=0)
     lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # no key anywhere: weights 0
-    total = tl.sum(tl.exp2(lse_all - lse_max), axis=0)
-    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for split in range(0, n_splits):
-        weight = tl.exp2(tl.load(lse_row + split) - lse_max)
-        acc += weight * tl.load(o_row + split * head_dim + offs_d, mask=mask_d, other=0.0)
+
+    weights = tl.zeros((BLOCK_S,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float32)
+    for start in range(0, n_splits, BLOCK_S):
+        splits = start + offs_s
+        mask_s = splits < n_splits
+        weight = tl.exp2(tl.load(lse_row + splits, mask=mask_s, other=float("-inf")) - lse_max)
+        o_ptrs = o_row + splits[:, None] * head_dim + offs_d[None, :]
+        part = tl.load(o_ptrs, mask=mask_s[:, None] & mask_d[None, :], other=0.0)
+        weights += weight
+        acc += weight[:, None] * part
+    total = tl.sum(weights, axis=0)
+    acc = tl.sum(acc, axis=0)
 
     seen = total > 0.0
     out = acc / tl.where(seen, total, 1.0)
@@ -281,12 +296,14 @@ def block_m_for(group_size: int, seqlen_q: int) -> int:
     return min(max(common.MIN_BLOCK, triton.next_power_of_2(rows)), MAX_BLOCK_M)
 
 
-def num_splits_heuristic(n_programs: int, capacity: int, device: torch.device) -> int:
-    """Splits of the keys for ``n_programs`` (batch x KV heads x row blocks) and ``capacity``
-    keys per row: see the module docstring."""
+def num_splits_heuristic(n_programs: int, capacity: int, target_programs: int) -> int:
+    """Splits of the keys for ``n_programs`` (batch x KV heads x row blocks), ``capacity`` keys
+    per row and a device that wants ``target_programs`` programs (``_runtime.max_programs``):
+    enough splits to reach the target, each with at least ``MIN_KEYS_PER_SPLIT`` keys, at most
+    ``MAX_SPLITS``, at least 1."""
     if n_programs == 0 or capacity == 0:
         return 1
-    wanted = triton.cdiv(_runtime.max_programs(device), n_programs)
+    wanted = triton.cdiv(target_programs, n_programs)
     most = triton.cdiv(capacity, MIN_KEYS_PER_SPLIT)
     return max(1, min(wanted, most, MAX_SPLITS))
 
@@ -329,7 +346,7 @@ def decode_attention_fwd(
     row_blocks = triton.cdiv(group_size * seqlen_q, block_m)
     n_programs = batch * n_kv_heads * row_blocks
     if num_splits is None:
-        num_splits = num_splits_heuristic(n_programs, capacity, device)
+        num_splits = num_splits_heuristic(n_programs, capacity, _runtime.max_programs(device))
     if num_splits == 1:  # the final output straight from the decode kernel
         o_part, lse_part = o, _runtime.empty(q.shape[:3], dtype=torch.float32, device=device)
         o_strides = (*o.stride()[:3], 0, o.stride(3))
@@ -360,13 +377,14 @@ def decode_attention_fwd(
         return o, (lse_part * LN2 if want_lse else None)
 
     lse = _runtime.empty(q.shape[:3], dtype=torch.float32, device=device) if want_lse else None
+    block_d = common.block_d(head_dim)
     _decode_combine_kernel[(batch * n_heads * seqlen_q,)](
         o_part, lse_part, o, lse if want_lse else lse_part,
         n_heads, seqlen_q, head_dim, num_splits,
         *o.stride(), *(lse.stride() if want_lse else (0, 0, 0)),
         HAS_LSE=want_lse,
         BF16_RNE=_runtime.software_bf16_rounding(_decode_combine_kernel, q.dtype),
-        BLOCK_S=triton.next_power_of_2(num_splits),
-        BLOCK_D=common.block_d(head_dim),
+        BLOCK_S=min(triton.next_power_of_2(num_splits), max(1, COMBINE_TILE // block_d)),
+        BLOCK_D=block_d,
     )  # fmt: skip
     return o, lse
