@@ -4,7 +4,8 @@ backend it picks) and torch.compile of the eager math.
 On a GPU: heads x head_dim = 2048 (16 heads of 128, or 32 of 64), batch x seq = 16k tokens, seq
 from 512 to 16k, causal and not, bf16. The eager math materialises the (seq, seq) scores, so it
 is left out past 4096 (its scores alone would pass 8 GB). On the CPU the kernels run in Triton's
-interpreter, so the suite shrinks to one sequence of 64 tokens, 2 heads of 32.
+interpreter, so the suite shrinks to one sequence of 64 tokens, 2 heads of 32. flash-attn's
+``flash_attn_func`` joins where it imports (:mod:`fastformer.benchmarks.external`).
 
 FLOPs (:func:`fastformer.benchmarks.counts.attention_flops`): 4 * B * H * Sq * Sk * D for the
 forward (two matrix products), halved when causal; the backward 2.5x the forward.
@@ -21,8 +22,16 @@ import torch.nn.functional as F
 
 import fastformer
 from fastformer import reference
-from fastformer.benchmarks import counts
-from fastformer.benchmarks.runner import COMPILE, EAGER, FASTFORMER, SDPA, Case, lazy_compile
+from fastformer.benchmarks import counts, external
+from fastformer.benchmarks.runner import (
+    COMPILE,
+    EAGER,
+    FASTFORMER,
+    FLASH_ATTN,
+    SDPA,
+    Case,
+    lazy_compile,
+)
 
 DEFAULT_DTYPE = torch.bfloat16
 GPU_TOKENS = 16384
@@ -70,6 +79,9 @@ def attention_case(shape: AttentionShape, dtype: torch.dtype, is_causal: bool) -
     providers = {SDPA: _sdpa, FASTFORMER: fastformer.scaled_dot_product_attention}
     if shape.seqlen <= EAGER_MAX_SEQLEN:
         providers = {EAGER: ref, COMPILE: lazy_compile(ref), **providers}
+    flash = external.flash_attention()
+    if flash is not None:
+        providers[FLASH_ATTN] = flash
     batch, heads, seqlen, head_dim = shape.as_tuple()
     fwd_flops = counts.attention_flops(batch, heads, seqlen, seqlen, head_dim, is_causal)
     elem_bytes = dtype.itemsize
@@ -84,6 +96,9 @@ def attention_case(shape: AttentionShape, dtype: torch.dtype, is_causal: bool) -
         bwd_bytes=8 * batch * heads * seqlen * head_dim * elem_bytes,  # + do, o in; dq, dk, dv
         fwd_flops=fwd_flops,
         bwd_flops=int(counts.ATTENTION_BWD_FLOPS_RATIO * fwd_flops),
+        x_axis="sequence length",
+        x_value=seqlen,
+        variant=f"{heads} heads x {head_dim}",
     )
 
 

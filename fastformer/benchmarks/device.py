@@ -7,11 +7,22 @@ a GPU driver), so a wall-clock loop stands in (a warm-up call, then repetitions 
 budget, summarised by the same quantiles); those times are Triton-interpreter times on the CPU,
 labelled as such everywhere they appear, and say nothing about GPU performance. No peak
 bandwidth is given on the CPU.
+
+Peak memory (:func:`peak_memory_mib`) is read from torch's CUDA caching allocator
+(``torch.cuda.max_memory_allocated``, reset just before) over one extra, untimed call: do_bench
+allocates a 256 MB buffer to flush the L2 cache between calls, which would otherwise count in
+every provider's peak. It includes what is live during the call (the case's inputs, and in the
+backward modes the forward's saved tensors). On the CPU there is no such counter: CPU tensors
+come from the system allocator, and the process's resident memory mixes the interpreter's numpy
+temporaries with everything else, which says nothing about the kernel's footprint on a GPU; the
+column says "n/a" there rather than show a number that means something else.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import platform
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +52,7 @@ MS_PER_S = 1000
 # The copy that measures peak bandwidth: 1 GiB, far past any GPU's L2 cache (Hopper: 50 MB).
 PEAK_COPY_BYTES = 1 << 30
 GIT_TIMEOUT_S = 5
+BYTES_PER_MIB = 1 << 20
 
 CPU_DEVICE_NAME = "cpu (Triton interpreter)"
 GPU_TIMING = "gpu: triton.testing.do_bench, CUDA events"
@@ -51,7 +63,10 @@ _peak_gbps_by_gpu: dict[str, float] = {}
 
 @dataclass(frozen=True)
 class Environment:
-    """What a set of results was measured on."""
+    """What a set of results was measured on: the device's name (the GPU's, or
+    ``CPU_DEVICE_NAME``), how times were taken, the versions of Python, torch (and the CUDA it
+    was built for), Triton, transformers (None when not installed) and fastformer, the git
+    commit ("unknown" outside a checkout) and the measured peaks (None on the CPU)."""
 
     device: str
     timing: str
@@ -60,6 +75,10 @@ class Environment:
     commit: str
     peak_gbps: float | None
     peak_tflops: float | None = None
+    python: str = platform.python_version()
+    cuda: str | None = None
+    transformers: str | None = None
+    fastformer: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -140,7 +159,17 @@ def peak_matmul_tflops(device: torch.device) -> float | None:
     return _peak_tflops_by_gpu[name]
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device) -> Environment:
+    import fastformer
+
     return Environment(
         device=device_name(device),
         timing=timing_label(device),
@@ -149,6 +178,10 @@ def environment(device: torch.device) -> Environment:
         commit=git_commit(),
         peak_gbps=peak_bandwidth_gbps(device),
         peak_tflops=peak_matmul_tflops(device),
+        python=platform.python_version(),
+        cuda=torch.version.cuda,
+        transformers=package_version("transformers"),
+        fastformer=fastformer.__version__,
     )
 
 
@@ -164,15 +197,18 @@ def _clear_grads(tensors: Sequence[torch.Tensor]) -> None:
         tensor.grad = None
 
 
-def _cpu_bench(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor]):
-    for _ in range(CPU_WARMUP_CALLS):
+def _cpu_bench(
+    fn: Callable[[], object],
+    grad_to_none: Sequence[torch.Tensor],
+    min_reps: int = CPU_MIN_REPS,
+    warmup_calls: int = CPU_WARMUP_CALLS,
+):
+    for _ in range(warmup_calls):
         _clear_grads(grad_to_none)
         fn()
     times: list[float] = []
     budget_end = time.perf_counter() + CPU_REP_MS / MS_PER_S
-    while len(times) < CPU_MAX_REPS and (
-        len(times) < CPU_MIN_REPS or time.perf_counter() < budget_end
-    ):
+    while len(times) < CPU_MAX_REPS and (len(times) < min_reps or time.perf_counter() < budget_end):
         _clear_grads(grad_to_none)
         start = time.perf_counter()
         fn()
@@ -181,9 +217,15 @@ def _cpu_bench(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor]):
 
 
 def time_ms(
-    fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[torch.Tensor] = ()
+    fn: Callable[[], object],
+    device: torch.device,
+    grad_to_none: Sequence[torch.Tensor] = (),
+    cpu_min_reps: int = CPU_MIN_REPS,
+    cpu_warmup_calls: int = CPU_WARMUP_CALLS,
 ) -> tuple[float, float, float]:
-    """(median, q20, q80) milliseconds of ``fn()``; leaf gradients are cleared before each call."""
+    """(median, q20, q80) milliseconds of ``fn()``; leaf gradients are cleared before each call.
+    ``cpu_min_reps`` and ``cpu_warmup_calls`` shape the CPU stand-in only (whole models under
+    the interpreter take seconds a call)."""
     if device.type == "cuda":
         result = triton.testing.do_bench(
             fn,
@@ -193,4 +235,19 @@ def time_ms(
             quantiles=list(QUANTILES),
         )
         return tuple(result)
-    return _cpu_bench(fn, grad_to_none)
+    return _cpu_bench(fn, grad_to_none, cpu_min_reps, cpu_warmup_calls)
+
+
+def peak_memory_mib(
+    fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[torch.Tensor] = ()
+) -> float | None:
+    """The most memory (MiB) torch's CUDA allocator held during one call of ``fn()``, with its
+    peak counter reset just before; None on the CPU (see the module header)."""
+    if device.type != "cuda":
+        return None
+    _clear_grads(grad_to_none)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB

@@ -101,6 +101,9 @@ def linear_case(
         fwd_flops=_fwd_flops(m, k, n, gated),
         bwd_flops=2 * _fwd_flops(m, k, n, gated),
         forward_only=(ADDMM_ACTIVATION,),  # torch._addmm_activation has no derivative
+        x_axis="tokens (M)",  # the suite sweeps tokens; each layer keeps its K and N
+        x_value=m,
+        variant=f"K={k} N={n}",
     )
 
 

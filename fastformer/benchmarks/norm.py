@@ -6,7 +6,8 @@ interpreter (a 64 x 1024 forward takes about 0.1 s), so the suite shrinks to 64 
 and 1024 features: enough to exercise the kernels, the checks and the table, in about 30 s on
 two cores.
 
-Weights (and LayerNorm's bias) are in the input's dtype, as in a model cast to bf16.
+Weights (and LayerNorm's bias) are in the input's dtype, as in a model cast to bf16. Liger's
+norms join the plain cases where liger_kernel imports (:mod:`fastformer.benchmarks.external`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 
 import fastformer
 from fastformer import reference
-from fastformer.benchmarks import counts
-from fastformer.benchmarks.runner import COMPILE, EAGER, FASTFORMER, Case, lazy_compile
+from fastformer.benchmarks import counts, external
+from fastformer.benchmarks.runner import COMPILE, EAGER, FASTFORMER, LIGER, Case, lazy_compile
 
 OPS = ("layer_norm", "rms_norm")
 GPU_ROWS = 4096
@@ -81,6 +82,10 @@ def norm_case(op: str, shape: tuple[int, int], dtype: torch.dtype, has_residual:
         has_bias=op == "layer_norm",
     )
     ref = _REFERENCE_OPS[op]
+    providers = {EAGER: ref, COMPILE: lazy_compile(ref), FASTFORMER: _FASTFORMER_OPS[op]}
+    liger = None if has_residual else external.liger_norm(op)
+    if liger is not None:
+        providers[LIGER] = liger
     return Case(
         op=op + ("+residual" if has_residual else ""),
         shape=(n_rows, n_cols),
@@ -89,9 +94,12 @@ def norm_case(op: str, shape: tuple[int, int], dtype: torch.dtype, has_residual:
             _make_inputs, op=op, shape=shape, dtype=dtype, has_residual=has_residual
         ),
         reference=ref,
-        providers={EAGER: ref, COMPILE: lazy_compile(ref), FASTFORMER: _FASTFORMER_OPS[op]},
+        providers=providers,
         fwd_bytes=counts.norm_fwd_bytes(n_rows, n_cols, **sizes),
         bwd_bytes=counts.norm_bwd_bytes(n_rows, n_cols, **sizes),
+        x_axis="hidden size",
+        x_value=n_cols,
+        variant=f"{n_rows} rows",
     )
 
 

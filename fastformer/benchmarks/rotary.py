@@ -128,6 +128,9 @@ def rotary_case(
         },
         fwd_bytes=n_bytes,
         bwd_bytes=n_bytes,
+        x_axis="sequence length",
+        x_value=shape.seqlen,
+        variant=f"batch {shape.batch}",
     )
 
 

@@ -11,19 +11,26 @@ byte counts from :mod:`fastformer.benchmarks.counts`.
 
 Modes: "fwd" times the forward with inputs that require grad (a training forward, which also
 saves what the backward needs); "bwd" times the backward alone, replaying one forward's graph;
-"fwd+bwd" times both. Gradients are reset to None before each timed call.
+"fwd+bwd" times both. Gradients are reset to None before each timed call. On a GPU each passing
+row also gets the peak memory of one more call (:func:`.device.peak_memory_mib`).
+
+Providers: eager PyTorch, torch.compile, SDPA, cuBLASLt's fused epilogue, fastformer, and two
+optional ones that join on a GPU only when their package imports
+(:mod:`fastformer.benchmarks.external`): flash-attn's ``flash_attn_func`` (attention) and
+Liger-Kernel's norms.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 import torch._functorch.config  # lazy_compile's knobs; `import torch` does not load it
 
-from fastformer.benchmarks import counts
+from fastformer.benchmarks import counts, external
 from fastformer.benchmarks import device as devices
 from fastformer.benchmarks.check import CheckResult, as_tuple, check_provider, leaf_copies
 
@@ -34,7 +41,9 @@ COMPILE = "compile"
 SDPA = "sdpa"  # torch.nn.functional.scaled_dot_product_attention, whichever backend it picks
 ADDMM_ACTIVATION = "addmm_act"  # torch._addmm_activation: cuBLASLt's fused epilogue on CUDA
 FASTFORMER = "fastformer"
-PROVIDERS = (EAGER, COMPILE, SDPA, ADDMM_ACTIVATION, FASTFORMER)
+FLASH_ATTN = external.FLASH_ATTN  # optional: flash_attn.flash_attn_func, when it imports
+LIGER = external.LIGER  # optional: Liger-Kernel's norms, when liger_kernel imports
+PROVIDERS = (EAGER, COMPILE, SDPA, ADDMM_ACTIVATION, FLASH_ATTN, LIGER, FASTFORMER)
 MODES = counts.MODES
 # Inputs are random but the same from run to run.
 SEED = 0
@@ -47,7 +56,10 @@ class Case:
     ``make_inputs(device, generator)`` returns the call's keyword arguments: fresh random
     tensors in ``dtype`` (every floating-point one gets a gradient) and any options.
     ``providers`` maps provider names to callables taking those keyword arguments;
-    ``reference`` is the eager reference, run in float64 for the truth.
+    ``reference`` is the eager reference, run in float64 for the truth. ``x_axis`` and
+    ``x_value`` name the size the suite sweeps (sequence length, hidden size, tokens) and its
+    value here, ``variant`` what else tells this case apart from others with the same op and
+    ``x_value`` (the plots draw one line per provider and variant).
     """
 
     op: str
@@ -61,14 +73,18 @@ class Case:
     fwd_flops: int = 0  # 0: a memory-bound op, judged by GB/s against the copy peak
     bwd_flops: int = 0
     forward_only: tuple[str, ...] = ()  # providers with no backward: timed in "fwd" mode only
+    x_axis: str | None = None
+    x_value: int | None = None
+    variant: str = ""
 
 
 @dataclass
 class Row:
     """One provider on one case in one mode. Times in ms. ``speedup`` is fastformer's over this
     provider (this provider's median / fastformer's), None on fastformer's own row and where
-    either failed; ``gbps`` and ``peak_fraction`` are None on the CPU; ``detail`` says why a
-    failed row (``ok`` False) failed."""
+    either failed; ``gbps``, ``peak_fraction`` and ``peak_mib`` (peak memory) are None on the
+    CPU; ``detail`` says why a failed row (``ok`` False) failed; ``x_axis``, ``x_value`` and
+    ``variant`` come from the case (for the plots)."""
 
     op: str
     shape: str
@@ -85,17 +101,26 @@ class Row:
     ok: bool
     detail: str
     timing: str
+    peak_mib: float | None = None
+    x_axis: str | None = None
+    x_value: int | None = None
+    variant: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def default_providers(device: torch.device, include_compile: bool = False) -> tuple[str, ...]:
-    """Eager, SDPA and fastformer; torch.compile too on a GPU, or on the CPU when asked
-    (compiling takes tens of seconds a case there). Cases offer the providers that apply."""
-    if device.type == "cuda" or include_compile:
-        return PROVIDERS
-    return (EAGER, SDPA, ADDMM_ACTIVATION, FASTFORMER)
+    """Eager, SDPA, cuBLASLt's epilogue and fastformer; torch.compile too on a GPU, or on the
+    CPU when asked (compiling takes tens of seconds a case there); flash-attn and Liger on a GPU
+    where they import. Cases offer the providers that apply."""
+    on_gpu = device.type == "cuda"
+    optional = {name for name in external.OPTIONAL if on_gpu and external.available(name)}
+    if on_gpu or include_compile:
+        optional.add(COMPILE)
+    return tuple(
+        p for p in PROVIDERS if p in (EAGER, SDPA, ADDMM_ACTIVATION, FASTFORMER) or p in optional
+    )
 
 
 def lazy_compile(fn: Callable[..., object]) -> Callable[..., object]:
@@ -177,7 +202,9 @@ def timed_call(case: Case, provider: str, mode: str, prepared: Prepared) -> Call
     return lambda: torch.autograd.backward(as_tuple(fn(**inputs)), grads_out)
 
 
-def _row(case: Case, mode: str, provider: str, device: torch.device, **fields) -> Row:
+def make_row(case, mode: str, provider: str, device: torch.device, **fields) -> Row:
+    """A row of ``case`` (a :class:`Case`, or any object with its naming fields: ``op``,
+    ``shape``, ``dtype``, ``x_axis``, ``x_value``, ``variant``); ``fields`` fill the rest."""
     values = dict(
         median_ms=None,
         q20_ms=None,
@@ -186,6 +213,7 @@ def _row(case: Case, mode: str, provider: str, device: torch.device, **fields) -
         tflops=None,
         peak_fraction=None,
         speedup=None,
+        peak_mib=None,
     )
     values.update(fields)
     return Row(
@@ -195,8 +223,39 @@ def _row(case: Case, mode: str, provider: str, device: torch.device, **fields) -
         mode=mode,
         provider=provider,
         timing=devices.timing_label(device),
+        x_axis=case.x_axis,
+        x_value=case.x_value,
+        variant=case.variant,
         **values,
     )
+
+
+def rates(
+    device: torch.device,
+    median_ms: float,
+    n_bytes: int,
+    n_flops: int,
+    peak_gbps: float | None,
+    peak_tflops: float | None,
+) -> dict[str, float | None]:
+    """GB/s, TFLOP/s (where the case counts FLOPs) and the fraction of the matching peak (the
+    matmul peak for TFLOP/s rows, the copy bandwidth otherwise); all None on the CPU."""
+    on_gpu = device.type == "cuda"
+    rate = counts.gbps(n_bytes, median_ms) if on_gpu and n_bytes else None
+    tflops = counts.tflops(n_flops, median_ms) if on_gpu and n_flops else None
+    if tflops is not None:
+        fraction = tflops / peak_tflops if peak_tflops else None
+    else:
+        fraction = rate / peak_gbps if rate is not None and peak_gbps else None
+    return {"gbps": rate, "tflops": tflops, "peak_fraction": fraction}
+
+
+def add_speedups(rows: Sequence[Row]) -> None:
+    """Set each passing row's ``speedup``: fastformer's over it (its median / fastformer's)."""
+    fastformer_ms = next((r.median_ms for r in rows if r.provider == FASTFORMER and r.ok), None)
+    for row in rows:
+        if fastformer_ms and row.ok and row.provider != FASTFORMER:
+            row.speedup = row.median_ms / fastformer_ms
 
 
 def run_case(
@@ -224,23 +283,17 @@ def run_case(
             result = check(case, provider, prepared)
             if result.ok:
                 median, q20, q80 = devices.time_ms(call, device, prepared.leaves)
+                peak_mib = devices.peak_memory_mib(call, device, prepared.leaves)
         except Exception as error:  # a provider that fails to run fails its row
             result = CheckResult(False, f"raised {type(error).__name__}: {error}")
         if not result.ok:
             logger.info(
                 "%s %s %s %s failed: %s", case.op, case.shape, mode, provider, result.detail
             )
-            rows.append(_row(case, mode, provider, device, ok=False, detail=result.detail))
+            rows.append(make_row(case, mode, provider, device, ok=False, detail=result.detail))
             continue
-        on_gpu = device.type == "cuda"
-        rate = counts.gbps(n_bytes, median) if on_gpu else None
-        tflops = counts.tflops(n_flops, median) if on_gpu and n_flops else None
-        if tflops is not None:
-            fraction = tflops / peak_tflops if peak_tflops else None
-        else:
-            fraction = rate / peak_gbps if rate is not None and peak_gbps else None
         rows.append(
-            _row(
+            make_row(
                 case,
                 mode,
                 provider,
@@ -248,17 +301,13 @@ def run_case(
                 median_ms=median,
                 q20_ms=q20,
                 q80_ms=q80,
-                gbps=rate,
-                tflops=tflops,
-                peak_fraction=fraction,
+                peak_mib=peak_mib,
                 ok=True,
                 detail=result.detail,
+                **rates(device, median, n_bytes, n_flops, peak_gbps, peak_tflops),
             )
         )
-    fastformer_ms = next((r.median_ms for r in rows if r.provider == FASTFORMER and r.ok), None)
-    for row in rows:
-        if fastformer_ms and row.ok and row.provider != FASTFORMER:
-            row.speedup = row.median_ms / fastformer_ms
+    add_speedups(rows)
     return rows
 
 
@@ -269,11 +318,17 @@ def run_cases(
     device: torch.device | None = None,
     env: devices.Environment | None = None,
     on_rows: Callable[[list[Row]], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    deadline: float | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> list[Row]:
     """Run every case in every mode; ``on_rows`` sees each (case, mode)'s rows as they finish.
 
     ``env`` (default: :func:`fastformer.benchmarks.device.environment` of ``device``) supplies
-    the measured peak bandwidth; pass the one you record with the rows.
+    the measured peak bandwidth; pass the one you record with the rows. ``on_start`` gets each
+    (case, mode)'s label (:func:`step_label`) before it runs. Past ``deadline`` (a
+    ``time.monotonic()`` value) no further (case, mode) starts: ``on_skip`` gets the label of
+    each one left out.
     """
     device = device or devices.default_device()
     providers = tuple(providers or default_providers(device))
@@ -289,6 +344,14 @@ def run_cases(
             # otherwise send later shapes back to eager without a word.
             torch.compiler.reset()
         for mode in modes:
+            label = step_label(case, mode)
+            if deadline is not None and time.monotonic() > deadline:
+                logger.info("time budget spent: %s not run", label)
+                if on_skip is not None:
+                    on_skip(label)
+                continue
+            if on_start is not None:
+                on_start(label)
             rows = run_case(
                 case, mode, providers, device, generator, env.peak_gbps, env.peak_tflops
             )
@@ -296,6 +359,12 @@ def run_cases(
             if on_rows is not None:
                 on_rows(rows)
     return all_rows
+
+
+def step_label(case, mode: str) -> str:
+    """``op shape dtype mode``: how progress and skipped steps name one (case, mode)."""
+    shape = "x".join(str(size) for size in case.shape)
+    return f"{case.op} {shape} {str(case.dtype).removeprefix('torch.')} {mode}"
 
 
 def any_failed(rows: Sequence[Row]) -> bool:
