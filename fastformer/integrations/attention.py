@@ -108,7 +108,26 @@ def _fallback_reason(query, key, value, kwargs) -> str | None:
     return None
 
 
+def _additive_mask(module, query, key, attention_mask, is_causal):
+    """The mask as eager attention functions take it: additive, with causality written in.
+
+    The masks built for this implementation are SDPA's (boolean, or None with causality left
+    to ``is_causal``); eager functions add the mask to the scores and have no causal flag.
+    """
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if attention_mask is None and causal and query.shape[2] > 1:
+        seq_q, seq_k = query.shape[2], key.shape[2]
+        rows = torch.arange(seq_q, device=query.device)[:, None]
+        attention_mask = rows >= torch.arange(seq_k, device=query.device)  # top-left, as SDPA
+    if attention_mask is None or attention_mask.dtype != torch.bool:
+        return attention_mask
+    blocked = torch.finfo(query.dtype).min  # what transformers' eager masks add
+    additive = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+    return additive.masked_fill(~attention_mask, blocked)
+
+
 def _eager(module, reason, query, key, value, attention_mask, **kwargs):
+    attention_mask = _additive_mask(module, query, key, attention_mask, kwargs.get("is_causal"))
     eager = _eager_function(module)
     if eager is None:
         raise NotImplementedError(
