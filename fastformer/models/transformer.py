@@ -10,10 +10,10 @@ Structure (submodule names are the state_dict's):
   as the additive bias (T5: the encoder's bidirectional, the decoder's causal). Pre-LN stacks
   chain the layers' ``forward_stream`` so every residual add runs inside a fused norm, the last
   one inside the final norm.
-- ``pooler`` (BERT) and ``head``, by ``task``: "sequence_classification",
-  "token_classification" or "lm" (masked LM for an encoder, next-token LM for a decoder,
-  sequence-to-sequence LM for an encoder-decoder); the LM head's weight is the token embedding
-  when ``tie_embeddings``.
+- ``pooler``: BERT's, built for no task or sequence classification (as transformers does).
+- ``head``, by ``task``: "sequence_classification", "token_classification" or "lm" (masked LM
+  for an encoder, next-token LM for a decoder, sequence-to-sequence LM for an
+  encoder-decoder); the LM head's weight is the token embedding when ``tie_embeddings``.
 
 Hugging Face BERT checkpoints load through a load_state_dict pre-hook that recognises their
 keys and converts them (:mod:`fastformer.models.hf_bert`): ``model.load_state_dict(
@@ -199,7 +199,8 @@ class Transformer(torch.nn.Module):
         elif config.is_encoder_decoder:
             self.decoder = TransformerStack(config, "decoder", config.decoder_layers, **factory)
         self.pooler = None
-        if config.pooler and config.architecture == "encoder":
+        # As in transformers, the token-level heads go without the pooler.
+        if config.pooler and config.architecture == "encoder" and task in (None, TASKS[0]):
             self.pooler = Pooler(config.hidden_size, **factory)
         self.head = self._make_head(task, num_labels, pooling, factory)
         self.reset_parameters()
