@@ -131,7 +131,6 @@ def config_from_hf_bert(bert_config, **overrides) -> TransformerConfig:
         norm_first=False,
         norm_eps=bert_config.layer_norm_eps,
         embedding_norm=True,
-        final_norm=False,
         position="learned",
         max_positions=bert_config.max_position_embeddings,
         type_vocab_size=bert_config.type_vocab_size,
