@@ -17,6 +17,7 @@ import sys
 import time
 
 from fastformer.benchmarks.counts import MODES
+from fastformer.profiling import commands as profiling_commands
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
     bench.add_argument("-v", "--verbose", action="store_true", help="log progress")
     bench.set_defaults(func=_bench)
+    profiling_commands.add_parsers(commands)  # profile, inspect
     return parser
 
 

@@ -1,0 +1,384 @@
+"""The kernel families built on ``tl.dot``: attention, linear (feed-forward GEMMs) and decode
+(with the KV-cache append it feeds on), as :class:`~fastformer.profiling.catalogue.Variant`
+lists (see ``catalogue`` for what each holds and how arguments are specialised).
+"""
+
+from __future__ import annotations
+
+from fastformer.compile_report import signature_of
+from fastformer.profiling.catalogue import (
+    Variant,
+    divisible_attrs,
+    pointer_or_stride,
+    unit_strides,
+)
+
+# --- attention ------------------------------------------------------------------------------
+
+_ATTN_POINTERS = {
+    "m_ptr": "fp32",
+    "log2l_ptr": "fp32",
+    "delta_ptr": "fp32",
+    "dmask_ptr": "fp32",
+    "mask_ptr": "i1",
+    "cu_seqlens_q_ptr": "i32",
+    "cu_seqlens_k_ptr": "i32",
+}
+_ATTN_UNIT = (
+    "stride_q_dim",
+    "stride_k_dim",
+    "stride_v_dim",
+    "stride_do_dim",
+    "stride_o_dim",
+    "stride_dk_dim",
+    "stride_dv_dim",
+    "stride_dq_dim",
+)
+_ATTN_FLAGS = dict(
+    HAS_DROPOUT=False,
+    HAS_WINDOW=False,
+    IS_CAUSAL=True,
+    BOTTOM_RIGHT=False,
+    MASK_KIND=0,
+    VARLEN=False,
+    DOT_FP32=False,
+    IEEE=False,
+    BF16_RNE=False,
+)
+_ATTN_FORM = "causal bf16"
+# wgmma tiles 64 rows a warpgroup; at head_dim 256 the tiles that avoid spills are too small.
+_ATTN_WGMMA_MAX_HEAD_DIM = 128
+
+
+def attention_variants() -> list[Variant]:
+    from fastformer.kernels import attention_bwd, attention_common, attention_fwd
+
+    kernels = {
+        "fwd": attention_fwd._attn_fwd_kernel,
+        "dkdv": attention_bwd._attn_bwd_dkdv_kernel,
+        "dq": attention_bwd._attn_bwd_dq_kernel,
+    }
+    variants = []
+    for which, kernel in kernels.items():
+        for head_dim, tiles in attention_common.GPU_TILES[which].items():
+            for index, tile in enumerate(tiles):
+                constexprs = dict(
+                    _ATTN_FLAGS,
+                    BLOCK_M=tile.block_m,
+                    BLOCK_N=tile.block_n,
+                    BLOCK_D=attention_common.block_d(head_dim),
+                )
+                if which == "dq":
+                    constexprs["MASK_GRAD"] = False
+                constexprs.update(unit_strides(kernel, _ATTN_UNIT))
+                signature = signature_of(
+                    kernel,
+                    constexprs,
+                    _ATTN_POINTERS,
+                    "bf16",
+                    float_args=("sm_scale", "sm_scale_log2", "dropout_p"),
+                    int64_args=("seed",),
+                )
+                attrs = divisible_attrs(
+                    kernel, signature, lambda n: not (pointer_or_stride(n) or n == "head_dim")
+                )
+                config = (
+                    f"d{head_dim}: {tile.block_m}x{tile.block_n} w{tile.num_warps} "
+                    f"s{tile.num_stages}"
+                )
+                variants.append(
+                    Variant(
+                        "attention",
+                        kernel.__name__,
+                        config,
+                        _ATTN_FORM,
+                        kernel,
+                        signature,
+                        constexprs,
+                        attrs,
+                        tile.num_warps,
+                        tile.num_stages,
+                        default=index == 0,
+                        matmul=True,
+                        wgmma=head_dim <= _ATTN_WGMMA_MAX_HEAD_DIM,
+                    )
+                )
+    kernel = attention_common._dropout_mask_kernel
+    block = attention_common.MIN_BLOCK
+    constexprs = dict(BLOCK_M=block, BLOCK_N=block)
+    signature = signature_of(
+        kernel,
+        constexprs,
+        {"keep_ptr": "i8"},
+        "i8",
+        float_args=("dropout_p",),
+        int64_args=("seed",),
+    )
+    attrs = divisible_attrs(kernel, signature, lambda name: not pointer_or_stride(name))
+    variants.append(
+        Variant(
+            "attention",
+            kernel.__name__,
+            f"{block}x{block}",
+            "int8 mask",
+            kernel,
+            signature,
+            constexprs,
+            attrs,
+            num_warps=None,
+            num_stages=None,
+        )
+    )
+    return variants
+
+
+# --- linear ---------------------------------------------------------------------------------
+
+_LINEAR_UNIT = ("stride_x_k", "stride_w_k", "stride_w_up_k", "stride_b_n", "stride_dy_n")
+_LINEAR_FWD = dict(ACTIVATION="gelu", IS_GATED=False, HAS_BIAS=True, STORE_PRE=False)
+# (form, kernel attribute, flags, spill-free): the forms the compile test holds to no spills,
+# then the int64-offset and identity forms, compiled on the default tile only.
+_LINEAR_FORMS = (
+    ("gelu+bias", "_linear_fwd_kernel", _LINEAR_FWD, True),
+    (
+        "gated silu, stores pre",
+        "_linear_fwd_kernel",
+        dict(_LINEAR_FWD, ACTIVATION="silu", IS_GATED=True, HAS_BIAS=False, STORE_PRE=True),
+        True,
+    ),
+    ("gated silu", "_linear_bwd_dx_kernel", dict(ACTIVATION="silu", IS_GATED=True), True),
+    (
+        "gated silu",
+        "_linear_bwd_dw_kernel",
+        dict(ACTIVATION="silu", IS_GATED=True, COMPUTE_DB=False),
+        True,
+    ),
+    (
+        "gelu, db",
+        "_linear_bwd_dw_kernel",
+        dict(ACTIVATION="gelu", IS_GATED=False, COMPUTE_DB=True),
+        True,
+    ),
+    (
+        "int64 gated gelu",
+        "_linear_fwd_kernel",
+        dict(_LINEAR_FWD, IS_GATED=True, HAS_BIAS=False, INT64_OFFSETS=True),
+        False,
+    ),
+    (
+        "int64 identity",
+        "_linear_bwd_dx_kernel",
+        dict(ACTIVATION=None, IS_GATED=False, INT64_OFFSETS=True),
+        False,
+    ),
+    (
+        "int64 identity, db",
+        "_linear_bwd_dw_kernel",
+        dict(ACTIVATION=None, IS_GATED=False, COMPUTE_DB=True, INT64_OFFSETS=True),
+        False,
+    ),
+)
+# A warpgroup's wgmma covers 64 rows: forward tiles of 64 rows or more must use it.
+_WGMMA_MIN_ROWS = 64
+
+
+def linear_variants() -> list[Variant]:
+    from fastformer.kernels import linear
+
+    variants = []
+    for form, name, flags, spill_free in _LINEAR_FORMS:
+        kernel = getattr(linear, name)
+        tiles = [t for t in linear._GPU_TILES if not (t.plain_only and flags.get("IS_GATED"))]
+        for index, tile in enumerate(tiles if spill_free else tiles[:1]):
+            constexprs = dict(
+                dict(INT64_OFFSETS=False),
+                **flags,
+                DOT_FP32=False,
+                INPUT_PRECISION="tf32",
+                BF16_RNE=False,
+                BLOCK_M=tile.block_m,
+                BLOCK_N=tile.block_n,
+                BLOCK_K=tile.block_k,
+            )
+            constexprs.update(unit_strides(kernel, _LINEAR_UNIT))
+            signature = signature_of(kernel, constexprs, {}, "bf16")
+            # The row strides (inner/outer) of folded leading dims need not be multiples of 16.
+            attrs = divisible_attrs(kernel, signature, lambda n: "inner" in n or "outer" in n)
+            config = (
+                f"{tile.block_m}x{tile.block_n}x{tile.block_k} w{tile.num_warps} s{tile.num_stages}"
+            )
+            forward = name == "_linear_fwd_kernel"
+            variants.append(
+                Variant(
+                    "linear",
+                    name,
+                    config,
+                    f"{form} bf16",
+                    kernel,
+                    signature,
+                    constexprs,
+                    attrs,
+                    tile.num_warps,
+                    tile.num_stages,
+                    default=index == 0,
+                    spill_free=spill_free,
+                    matmul=True,
+                    wgmma=forward and tile.block_m >= _WGMMA_MIN_ROWS,
+                )
+            )
+    return variants
+
+
+# --- decode ---------------------------------------------------------------------------------
+
+_DECODE_POINTERS = {
+    "o_ptr": "fp32",
+    "lse_ptr": "fp32",
+    "seqlens_ptr": "i32",
+    "block_table_ptr": "i32",
+}
+_DECODE_UNIT = ("stride_q_dim", "stride_k_dim", "stride_v_dim", "stride_o_dim")
+# Counts that need not be multiples of 16 (everything else: pointers, strides, head_dim).
+_DECODE_FREE = (
+    "n_kv_heads",
+    "group_size",
+    "seqlen_q",
+    "capacity",
+    "page_size",
+    "n_splits",
+    "n_heads",
+    "n_tokens",
+    "seqlen_new",
+    "rotary_half",
+)
+# Query rows per tile: one head and one query (MHA decode), and the most a tile takes.
+_DECODE_ROWS = (16, 64)
+# (n_kv_heads, head_dim, rotary_half) of the KV-cache append: LLaMA's heads, rotated and copied.
+_APPEND_SHAPE = (8, 128, 64)
+
+
+def _decode_attn_variant(kernel, head_dim, tile, block_m, paged, default) -> Variant:
+    from fastformer.kernels import attention_common
+
+    block_n, warps, stages = tile
+    constexprs = dict(
+        PAGED=paged,
+        DOT_FP32=False,
+        IEEE=False,
+        BF16_RNE=False,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=attention_common.block_d(head_dim),
+    )
+    constexprs.update(unit_strides(kernel, _DECODE_UNIT))
+    signature = signature_of(
+        kernel, constexprs, _DECODE_POINTERS, "bf16", float_args=("sm_scale_log2",)
+    )
+    attrs = divisible_attrs(kernel, signature, lambda name: name in _DECODE_FREE)
+    config = f"d{head_dim} rows {block_m}: {block_n} keys w{warps} s{stages}"
+    form = f"{'paged' if paged else 'dense'} cache, split, bf16"
+    # Memory-bound: tensor cores are required, wgmma is not (tiles of 16 query rows).
+    return Variant(
+        "decode",
+        kernel.__name__,
+        config,
+        form,
+        kernel,
+        signature,
+        constexprs,
+        attrs,
+        warps,
+        stages,
+        default=default,
+        matmul=True,
+    )
+
+
+def decode_variants() -> list[Variant]:
+    from fastformer.kernels import attention_common, decode, kv_cache
+
+    assert max(_DECODE_ROWS) == decode.MAX_BLOCK_M, "rows must reach the tile limit"
+    kernel = decode._decode_attn_kernel
+    variants = []
+    for head_dim, tiles in decode.GPU_TILES.items():
+        for block_m in _DECODE_ROWS:
+            for index, tile in enumerate(tiles):
+                variants.append(
+                    _decode_attn_variant(kernel, head_dim, tile, block_m, False, default=index == 0)
+                )
+        variants.append(
+            _decode_attn_variant(kernel, head_dim, tiles[0], min(_DECODE_ROWS), True, default=True)
+        )
+
+    kernel = decode._decode_combine_kernel
+    for head_dim in decode.GPU_TILES:
+        block_d = attention_common.block_d(head_dim)
+        block_s = max(1, decode.COMBINE_TILE // block_d)  # the most splits a step holds
+        constexprs = dict(HAS_LSE=True, BF16_RNE=False, BLOCK_S=block_s, BLOCK_D=block_d)
+        constexprs.update(unit_strides(kernel, ("stride_o_dim",)))
+        pointers = {"o_part_ptr": "fp32", "lse_part_ptr": "fp32", "lse_ptr": "fp32"}
+        signature = signature_of(kernel, constexprs, pointers, "bf16")
+        attrs = divisible_attrs(kernel, signature, lambda name: name in _DECODE_FREE)
+        variants.append(
+            Variant(
+                "decode",
+                kernel.__name__,
+                f"d{head_dim}: {block_s} splits",
+                "bf16 out, lse",
+                kernel,
+                signature,
+                constexprs,
+                attrs,
+                num_warps=None,
+                num_stages=None,
+            )
+        )
+
+    kernel = kv_cache._kv_append_kernel
+    n_heads, head_dim, rotary_half = _APPEND_SHAPE
+    block_t, block_h, block_d, block_half, block_pass = kv_cache.append_tiles(
+        1, n_heads, head_dim, rotary_half
+    )
+    for rotary in (True, False):
+        constexprs = dict(
+            HAS_ROTARY=rotary,
+            HAS_NEW_SEQLENS=False,
+            PAGED=False,
+            INTERLEAVED=False,
+            COPY_PASS=not rotary,
+            BF16_RNE=False,
+            BLOCK_T=block_t,
+            BLOCK_H=block_h,
+            BLOCK_D=block_d,
+            BLOCK_HALF=block_half,
+            BLOCK_PASS=block_pass,
+        )
+        unit = ("stride_kn_dim", "stride_vn_dim", "stride_kc_dim", "stride_vc_dim")
+        constexprs.update(unit_strides(kernel, unit))
+        pointers = {
+            "seqlens_ptr": "i32",
+            "new_seqlens_ptr": "i32",
+            "block_table_ptr": "i32",
+            "inv_freq_ptr": "fp32",
+        }
+        signature = signature_of(
+            kernel, constexprs, pointers, "bf16", float_args=("attention_scaling",)
+        )
+        attrs = divisible_attrs(kernel, signature, lambda name: name in _DECODE_FREE)
+        config = f"{block_t}x{block_h}x{block_d} w{kv_cache.NUM_WARPS}"
+        form = f"{'rotary keys' if rotary else 'copy'}, dense cache, bf16"
+        variants.append(
+            Variant(
+                "decode",
+                kernel.__name__,
+                config,
+                form,
+                kernel,
+                signature,
+                constexprs,
+                attrs,
+                kv_cache.NUM_WARPS,
+                num_stages=None,
+            )
+        )
+    return variants
