@@ -1,5 +1,5 @@
-"""Bytes each op must move, as functions with their formula: GB/s and the fraction of the
-device's peak bandwidth come from here and nowhere else.
+"""Bytes each op must move and FLOPs it must do, as functions with their formula: GB/s,
+TFLOP/s and the fraction of the device's peak come from here and nowhere else.
 
 The counts are the traffic any implementation has to make (each input read once, each output
 written once), not what a given kernel happens to make, so that providers are compared against
@@ -158,3 +158,34 @@ def attention_flops(batch, n_heads, seqlen_q, seqlen_k, head_dim, is_causal: boo
 def tflops(n_flops: int, ms: float) -> float:
     """TFLOP/s of ``n_flops`` done in ``ms`` milliseconds."""
     return n_flops / ms * TFLOPS_PER_FLOP_PER_MS
+
+
+def transformer_fwd_flops(
+    batch: int,
+    seqlen: int,
+    *,
+    hidden: int,
+    n_layers: int,
+    ffn_hidden: int,
+    vocab: int = 0,
+    kv_hidden: int | None = None,
+    gated: bool = False,
+    is_causal: bool = False,
+) -> int:
+    """FLOPs of a transformer stack's forward over ``batch`` sequences of ``seqlen`` tokens:
+
+    flops = 2 * T * (L * (2 * h * h [q, o] + 2 * h * kv [k, v] + F * h * f [FFN]) + h * V [head])
+          + L * attention_flops(B, 1, S, S, h, causal)
+
+    with T = batch * seqlen tokens, L layers, hidden h, key/value width kv (h without GQA), FFN
+    width f, F = 3 gated (gate, up, down) else 2, V the vocabulary of an output head (0: none).
+    Norms, activations, softmax, embeddings' lookups and a head's small h x h transform (BERT's
+    MLM head) are left out.
+    """
+    kv_hidden = hidden if kv_hidden is None else kv_hidden
+    per_layer = (
+        2 * hidden * hidden + 2 * hidden * kv_hidden + (3 if gated else 2) * hidden * ffn_hidden
+    )
+    tokens = batch * seqlen
+    attention = attention_flops(batch, 1, seqlen, seqlen, hidden, is_causal)
+    return 2 * tokens * (n_layers * per_layer + hidden * vocab) + n_layers * attention
