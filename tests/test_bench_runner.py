@@ -220,3 +220,43 @@ def test_cli_switches_on_the_interpreter_itself():
     assert done.returncode == cli.EXIT_OK, done.stdout + done.stderr
     assert "NOT GPU performance" in done.stdout
     assert "rms_norm+residual" in done.stdout
+
+
+# --- peak memory and plots --------------------------------------------------------------------
+
+
+def test_peak_memory_is_not_measured_on_the_cpu():
+    assert devices.peak_memory_mib(lambda: torch.empty(1 << 20), torch.device("cpu")) is None
+
+
+@pytest.mark.gpu
+def test_peak_memory_counts_what_the_call_allocates(device):
+    mib = 64
+    n_bytes = mib * devices.BYTES_PER_MIB
+    peak = devices.peak_memory_mib(
+        lambda: torch.empty(n_bytes, dtype=torch.uint8, device=device), device
+    )
+    assert peak >= mib
+
+
+def _plot_row(provider, x_value, ok=True, **values):
+    fields = dict(median_ms=1.0, q20_ms=1.0, q80_ms=1.0, gbps=None, tflops=None)
+    fields.update(peak_fraction=None, speedup=None, timing="t", detail="", **values)
+    return runner.Row(
+        op="attention+causal", shape="s", dtype="bfloat16", mode="fwd", provider=provider,
+        ok=ok, x_axis="sequence length", x_value=x_value, variant="16 heads x 128", **fields,
+    )  # fmt: skip
+
+
+def test_plot_uses_tflops_when_counted_and_leaves_failed_rows_out(tmp_path):
+    from fastformer.benchmarks import plot
+
+    rows = [_plot_row(p, x, tflops=100.0 + x) for p in ("sdpa", "fastformer") for x in (512, 1024)]
+    rows.append(_plot_row("eager", 512, ok=False))
+    rows.append(runner.Row(**{**rows[0].as_dict(), "op": "failed-only", "ok": False}))
+    assert plot._metric(rows) == ("tflops", "TFLOP/s")
+    assert plot._metric([_plot_row("sdpa", 512, gbps=3.0)]) == ("gbps", "GB/s")
+    assert plot._metric([_plot_row("sdpa", 512)])[1] == plot.CPU_Y_LABEL
+    written = plot.plot_rows(rows, tmp_path / "plots")
+    assert [path.name for path in written] == ["attention_causal_bfloat16_fwd.png"]
+    assert written[0].read_bytes()[:4] == b"\x89PNG"

@@ -1,4 +1,10 @@
-"""Every op's benchmark suite behind one name: what ``fastformer bench --op NAME`` runs."""
+"""Every benchmark suite behind one name: what ``fastformer bench --suite S --op NAME`` runs.
+
+Two suites: "kernels", one per op (``OPS``: each kernel against eager PyTorch and the other
+providers), and "models" (whole models, :mod:`fastformer.benchmarks.models`; built through
+:func:`fastformer.benchmarks.models.model_suite`, which raises ``SuiteUnavailable`` until
+``fastformer.optimize`` exists). "all" is both, kernels first.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,21 @@ import torch
 from fastformer.benchmarks import attention, linear, norm, rotary
 from fastformer.benchmarks.runner import Case
 
-# Suite names, in the order the command runs them.
+# Kernel suites (ops), in the order the command runs them.
 OPS = ("layer_norm", "rms_norm", "attention", "rotary", "linear")
+KERNELS = "kernels"
+MODELS = "models"
+ALL = "all"
+SUITES = (KERNELS, MODELS)
+
+
+def expand(suite: str) -> tuple[str, ...]:
+    """The suites ``suite`` names: itself, or both for "all"."""
+    if suite == ALL:
+        return SUITES
+    if suite not in SUITES:
+        raise ValueError(f"suite={suite!r} is not one of {(*SUITES, ALL)}")
+    return (suite,)
 
 
 def cases(
@@ -19,7 +38,8 @@ def cases(
     dtypes: Sequence[torch.dtype],
     norm_shapes: Sequence[tuple[int, int]] | None = None,
 ) -> list[Case]:
-    """The cases of suite ``op`` on ``device`` (``norm_shapes`` overrides the norms' shapes)."""
+    """The cases of kernel suite ``op`` on ``device`` (``norm_shapes`` overrides the norms'
+    shapes)."""
     if op in norm.OPS:
         return norm.norm_cases(device, ops=(op,), dtypes=dtypes, shapes=norm_shapes)
     if op == "attention":
