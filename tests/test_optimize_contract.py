@@ -313,3 +313,23 @@ def test_report_is_logged_at_info(caplog):
     caplog.set_level(logging.INFO, logger="fastformer.integrations.optimize")
     fastformer.optimize(build("gpt2"))
     assert "attention: fastformer" in caplog.text and "Conv1DActivation(gelu_tanh)" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["t5", "t5-gated-gelu"])
+def test_t5_bf16_with_fp32_wo_as_transformers_loads_it(name):
+    """from_pretrained(dtype=bf16) keeps T5's ``wo`` in fp32 (_keep_in_fp32_modules); the
+    family casts the hidden state to wo's dtype, and so must the optimized block."""
+    base = build(name).to(torch.bfloat16)
+    for module in base.modules():
+        if hasattr(module, "wo"):
+            module.wo.float()
+    eager = copy.deepcopy(base)
+    eager.set_attn_implementation("eager")
+    reference = copy.deepcopy(eager).double()
+    fast = fastformer.optimize(base).eval()
+    kwargs, real = inputs(name)
+    with torch.no_grad():
+        got, want, ref = (m.eval()(**kwargs).logits for m in (fast, eager, reference))
+    assert got.dtype == want.dtype
+    result = testing.compare("logits", got[real], ref[real], want[real])
+    assert result.ok, str(result)
