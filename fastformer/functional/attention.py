@@ -31,7 +31,7 @@ import operator
 
 import torch
 
-from fastformer.functional import _autograd, _checks
+from fastformer.functional import _autograd, _checks, _ranges
 from fastformer.kernels import attention_common as common
 from fastformer.kernels.attention_bwd import attention_bwd
 from fastformer.kernels.attention_fwd import attention_fwd, default_scale
@@ -199,6 +199,7 @@ def _natural_lse(lse: torch.Tensor) -> torch.Tensor:
 
 
 @torch.compiler.disable
+@_ranges.named_op("scaled_dot_product_attention")
 def scaled_dot_product_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -309,6 +310,7 @@ def _check_cu_seqlens(name: str, cu_seqlens, total: int, q: torch.Tensor, max_se
 
 
 @torch.compiler.disable
+@_ranges.named_op("varlen_attention")
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,

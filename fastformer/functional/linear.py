@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from fastformer.functional import _autograd, _checks
+from fastformer.functional import _autograd, _checks, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.linear import ACTIVATIONS, linear_bwd, linear_fwd
 
@@ -135,6 +135,7 @@ def _apply(x, weight, weight_up, bias, activation):
 
 # torch.compile runs these ops eagerly (a graph break) instead of tracing into Triton's launcher.
 @torch.compiler.disable
+@_ranges.named_op("linear")
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -160,6 +161,7 @@ def linear(
 
 
 @torch.compiler.disable
+@_ranges.named_op("gated_linear")
 def gated_linear(
     x: torch.Tensor,
     weight_gate: torch.Tensor,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from fastformer.functional import _autograd, _checks
+from fastformer.functional import _autograd, _checks, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.norm import norm_bwd, norm_fwd
 
@@ -68,6 +68,7 @@ class _NormFunction(torch.autograd.Function):
 # torch.compile runs these ops eagerly (a graph break) instead of tracing into Triton's launcher,
 # which it cannot do under the interpreter; registering them as custom ops removes the break.
 @torch.compiler.disable
+@_ranges.named_op(lambda arguments: "rms_norm" if arguments["is_rms"] else "layer_norm")
 def _norm(x, normalized_shape, weight, bias, eps, residual, is_rms):
     _checks.check_tensor("x", x)
     _checks.check_float_dtype("x", x)

@@ -54,7 +54,7 @@ import operator
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastformer.functional import _checks
+from fastformer.functional import _checks, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.rotary import packed_positions, rotary_fwd
 
@@ -382,6 +382,7 @@ def _check_overlap(q, k):
 
 # torch.compile runs this op eagerly (a graph break) instead of tracing into Triton's launcher.
 @torch.compiler.disable
+@_ranges.named_op("apply_rotary")
 def apply_rotary(
     q: torch.Tensor,
     k: torch.Tensor,
