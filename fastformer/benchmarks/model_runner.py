@@ -263,7 +263,7 @@ def run_model_cases(
     generator = torch.Generator(device=device).manual_seed(SEED)
     all_rows: list[Row] = []
     for case in cases:
-        label = step_label(case, "+".join(m for m in MODEL_MODES if m in modes))
+        label = step_label(case, "/".join(m for m in MODEL_MODES if m in modes))  # fwd/fwd+bwd
         if deadline is not None and time.monotonic() > deadline:
             if on_skip is not None:
                 on_skip(label)
