@@ -254,3 +254,18 @@ def test_replace_revalidates():
     config = _config("bert_base")
     with pytest.raises(ValueError, match="n_heads=4 is not divisible by n_kv_heads=3"):
         dataclasses.replace(config, n_kv_heads=3)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_preset_runs_in_bf16(preset):
+    """Built in bf16: the kernels take every activation in bf16 (rotary frequencies stay fp32),
+    the loss is finite and every parameter gets a finite gradient."""
+    config = _config(preset)
+    model = Transformer(config, task="lm", dtype=torch.bfloat16)
+    ids = _ids()
+    labels = _ids(BATCH, SEQ - 1) if config.is_encoder_decoder else ids
+    out = model(ids, _padding(), labels=labels)
+    assert out.logits.dtype == torch.bfloat16
+    out.loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
