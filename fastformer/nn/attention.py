@@ -22,6 +22,9 @@ projects back. Design choices:
 - GQA: ``n_kv_heads`` key/value heads shared by ``n_heads / n_kv_heads`` query heads each; the
   kernel reads the shared heads in place (no repeat).
 
+A query row that sees no key (a causal row whose keys are all padding, as with left padding)
+gives 0, as the kernel does; eager softmax would give NaN there.
+
 Limits: ``head_dim = hidden_size / n_heads`` at most 256 (the kernel's limit) and the query,
 key and value head sizes equal; no KV cache (each call attends over the keys it is given);
 rotary for self-attention only (cross-attention keys have no positions of the query sequence).
