@@ -220,3 +220,16 @@ def test_budget_is_shared_among_the_suites_left(monkeypatch):
     assert command._share(None, 3) is None
     assert command._share(1100.0, 4) == pytest.approx(1025.0)  # a quarter of what is left
     assert command._share(900.0, 2) == pytest.approx(1000.0)  # spent: no time at all
+
+
+def test_plot_without_matplotlib_is_refused_before_running(monkeypatch, capsys, tmp_path):
+    real = command.importlib.util.find_spec
+    monkeypatch.setattr(
+        command.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "matplotlib" else real(name, *args),
+    )
+    argv = ["bench", "--op", "rms_norm", "--plot", str(tmp_path / "plots")]
+    assert cli.main(argv) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "--plot needs matplotlib" in captured.err and "rms_norm" not in captured.out

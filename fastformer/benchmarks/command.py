@@ -24,6 +24,7 @@ signal) or Ctrl-C stops the run where it is and still writes every output file, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shlex
@@ -204,6 +205,10 @@ def _on_sigterm(handler):
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
+
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("error: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        return EXIT_FAILED
 
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
