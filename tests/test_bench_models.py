@@ -119,6 +119,11 @@ def test_reference_is_float64_from_the_same_weights(device):
     inputs = case.make_inputs(device, torch.Generator(device=device).manual_seed(0))
     eager, expected = model_runner.reference_outputs(case, device, inputs)
     assert eager.dtype == torch.bfloat16 and expected.dtype == torch.float64
+    # Kept in host memory, so that they do not count in the providers' peak memory.
+    assert eager.device.type == expected.device.type == "cpu"
+    grad = model_runner.output_gradient(eager, device)
+    assert grad.shape == eager.shape and grad.dtype == eager.dtype and grad.device == device
+    assert torch.equal(grad, model_runner.output_gradient(eager, device))  # same for everyone
     error = (eager.double() - expected).abs().max().item()
     assert 0 < error < 0.1 * expected.abs().max().item()
 

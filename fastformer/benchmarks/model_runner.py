@@ -19,9 +19,11 @@ model into that provider's model. Per case the runner:
    parameters' gradients reset to None before each call. The optimizer's update is left out: it
    is the same work for every provider. "bwd" alone does not apply to whole models.
 
-Only one provider's model lives at a time (the previous one is freed first), so the peak memory
-column (on a GPU) is that model's weights, activations and gradients plus the inputs. The check
-covers the output in eval mode; the training step's gradients are not compared.
+Only one provider's model lives at a time (the previous one is freed first), and the reference
+outputs wait in host memory (they come to the device for the check only), so the peak memory
+column (on a GPU) is that model's weights, activations and gradients, plus the inputs and, in a
+training step, the output's gradient. The check covers the output in eval mode; the training
+step's gradients are not compared.
 
 On the CPU the kernels run in Triton's interpreter, where a small model's forward takes seconds:
 the timer's stand-in then makes no warm-up call of its own (the check's forward, on the same
@@ -136,14 +138,28 @@ def _forward(case: ModelCase, model: torch.nn.Module, inputs) -> torch.Tensor:
 
 
 def reference_outputs(case: ModelCase, device: torch.device, inputs) -> tuple:
-    """(eager output in the case's dtype, float64 output) from one eager model."""
+    """(eager output in the case's dtype, float64 output) from one eager model, in host memory
+    (a large vocabulary's float64 logits are gigabytes, which must not count in the peaks)."""
     model = _build(case, device)
-    eager = _forward(case, model, inputs)
+    eager = _forward(case, model, inputs).cpu()
     model.to(torch.float64)
-    expected = _forward(case, model, _upcast(inputs))
+    expected = _forward(case, model, _upcast(inputs)).cpu()
     del model
     _free(device)
     return eager, expected
+
+
+def output_gradient(like: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The fixed random gradient a training step feeds to the output (the same values for every
+    provider: a generator seeded with ``SEED``)."""
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    return torch.randn(like.shape, dtype=like.dtype, device=device, generator=generator)
+
+
+def _check(case, model, inputs, reference, device) -> CheckResult:
+    eager, expected = (tensor.to(device) for tensor in reference)
+    comparison = testing.compare("output", _forward(case, model, inputs), expected, eager)
+    return CheckResult(comparison.ok, str(comparison))
 
 
 def timed_call(case: ModelCase, mode: str, model, inputs, grad_out) -> tuple:
@@ -165,7 +181,7 @@ def timed_call(case: ModelCase, mode: str, model, inputs, grad_out) -> tuple:
     return training_step, [p for p in model.parameters() if p.requires_grad]
 
 
-def _provider_rows(case, provider, modes, device, inputs, reference, grad_out, env) -> list[Row]:
+def _provider_rows(case, provider, modes, device, inputs, reference, env) -> list[Row]:
     """Check ``provider`` against ``reference`` (eager output, float64 output), then time it."""
 
     def failed(detail: str) -> list[Row]:
@@ -177,13 +193,13 @@ def _provider_rows(case, provider, modes, device, inputs, reference, grad_out, e
         model = case.providers[provider](_build(case, device))
         result = CheckResult(True, "baseline")
         if provider != EAGER:
-            eager, expected = reference
-            comparison = testing.compare("output", _forward(case, model, inputs), expected, eager)
-            result = CheckResult(comparison.ok, str(comparison))
+            result = _check(case, model, inputs, reference, device)
+            _free(device)
         if not result.ok:
             return failed(result.detail)
         rows = []
         for mode in modes:
+            grad_out = output_gradient(reference[0], device) if mode == "fwd+bwd" else None
             call, leaves = timed_call(case, mode, model, inputs, grad_out)
             kwargs = dict(cpu_min_reps=CPU_MIN_REPS, cpu_warmup_calls=CPU_WARMUP_CALLS)
             median, q20, q80 = devices.time_ms(call, device, leaves, **kwargs)
@@ -231,12 +247,7 @@ def run_model_case(
         return []
     inputs = case.make_inputs(device, generator)
     reference = reference_outputs(case, device, inputs)
-    grad_out = torch.randn(
-        reference[0].shape, dtype=reference[0].dtype, device=device, generator=generator
-    )
-    by_provider = [
-        _provider_rows(case, p, modes, device, inputs, reference, grad_out, env) for p in offered
-    ]
+    by_provider = [_provider_rows(case, p, modes, device, inputs, reference, env) for p in offered]
     rows = []
     for i, _mode in enumerate(modes):
         mode_rows = [provider_rows[i] for provider_rows in by_provider]
