@@ -52,9 +52,10 @@ import torch
 from fastformer.functional import _checks
 from fastformer.functional.attention import scaled_dot_product_attention
 from fastformer.functional.rotary import apply_rotary
+from fastformer.kernels import _runtime
 from fastformer.kernels import attention_common as common
 from fastformer.kernels.decode import MAX_SPLITS, decode_attention_fwd
-from fastformer.kernels.kv_cache import cache_capacity, kv_append
+from fastformer.kernels.kv_cache import cache_capacity, cache_seq_span, kv_append
 
 DENSE_LAYOUT = "(batch, n_kv_heads, max_seqlen, head_dim)"
 PAGED_LAYOUT = "(num_blocks, block_size, n_kv_heads, head_dim) with block_table"
@@ -79,6 +80,13 @@ def _check_cache(k_cache, v_cache, block_table, batch: int):
             layout = PAGED_LAYOUT if block_table is not None else DENSE_LAYOUT
             raise ValueError(f"{name}.shape={tuple(cache.shape)}; expected {layout}")
     _checks.check_like("v_cache", v_cache, "k_cache", k_cache)
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        span = cache_seq_span(cache, block_table is not None)
+        if span >= _runtime.INT32_LIMIT:
+            raise NotImplementedError(
+                f"{name}.stride()={cache.stride()}: positions of a row span {span} elements; "
+                f"the decode kernel's offsets along a row must stay below {_runtime.INT32_LIMIT}"
+            )
     if block_table is None:
         if k_cache.shape[0] != batch:
             raise ValueError(
@@ -149,11 +157,14 @@ def _check_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
+def _check_4d(name: str, tensor, axes: str) -> None:
+    _checks.check_tensor(name, tensor)
+    if tensor.dim() != 4:
+        raise ValueError(f"{name}.shape={tuple(tensor.shape)}; expected {axes}")
+
+
 def _check_query(q, k_cache, n_kv_heads: int, head_dim: int) -> None:
-    _checks.check_tensor("q", q)
     _checks.check_float_dtype("q", q)
-    if q.dim() != 4:
-        raise ValueError(f"q.shape={tuple(q.shape)}; expected (batch, n_heads, seqlen_q, head_dim)")
     if q.device != k_cache.device:
         raise ValueError(f"q is on {q.device} but k_cache is on {k_cache.device}")
     if q.dtype != k_cache.dtype:
@@ -222,8 +233,8 @@ def decode_attention(
         (batch, n_heads, seqlen_q, head_dim) in q's dtype (new tensor); with ``return_lse``
         also the log-sum-exp (-inf for queries that see no key).
     """
-    _checks.check_tensor("q", q)
-    batch = q.shape[0] if q.dim() == 4 else -1
+    _check_4d("q", q, "(batch, n_heads, seqlen_q, head_dim)")
+    batch = q.shape[0]
     n_kv_heads, head_dim, capacity = _check_cache(k_cache, v_cache, block_table, batch)
     _check_query(q, k_cache, n_kv_heads, head_dim)
     _check_lengths(cache_seqlens, batch, q.device)
@@ -285,12 +296,6 @@ def rotate_queries(
 
 def _check_new(k_new, v_new, k_cache, v_cache, n_kv_heads: int, head_dim: int) -> None:
     for name, new in (("k_new", k_new), ("v_new", v_new)):
-        _checks.check_tensor(name, new)
-        if new.dim() != 4:
-            raise ValueError(
-                f"{name}.shape={tuple(new.shape)}; expected (batch, n_kv_heads, seqlen_new, "
-                "head_dim)"
-            )
         if new.device != k_cache.device:
             raise ValueError(f"{name} is on {new.device} but k_cache is on {k_cache.device}")
         if new.dtype != k_cache.dtype:
@@ -376,8 +381,9 @@ def kv_cache_append_(
     Returns:
         The new lengths, ``cache_seqlens + new tokens`` ((batch,) int32, a new tensor).
     """
-    _checks.check_tensor("k_new", k_new)
-    batch = k_new.shape[0] if k_new.dim() == 4 else -1
+    for name, new in (("k_new", k_new), ("v_new", v_new)):
+        _check_4d(name, new, "(batch, n_kv_heads, seqlen_new, head_dim)")
+    batch = k_new.shape[0]
     n_kv_heads, head_dim, capacity = _check_cache(k_cache, v_cache, block_table, batch)
     _check_new(k_new, v_new, k_cache, v_cache, n_kv_heads, head_dim)
     _check_lengths(cache_seqlens, batch, k_cache.device)

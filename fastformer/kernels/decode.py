@@ -10,8 +10,8 @@ Design (split-K, "flash decoding"):
   query rows that read it: the GQA group's heads times the ``seqlen_q`` queries, as one tile of
   ``BLOCK_M`` rows (row ``r`` is head ``r // seqlen_q`` of the group, query ``r % seqlen_q``),
   padded to at least 16 rows so that the products run on tensor cores. Each K/V block is loaded
-  once for the whole group. A group larger than ``MAX_BLOCK_M`` rows takes several row blocks
-  (each loads K/V once).
+  once for the whole group. A group larger than ``MAX_BLOCK_M`` rows (``MAX_BLOCK_M_FP32`` for
+  fp32, whose products run on CUDA cores) takes several row blocks (each loads K/V once).
 - Split ``s`` of row ``b`` covers keys ``[s * chunk, (s + 1) * chunk)`` with ``chunk =
   cdiv(cdiv(len_b, n_splits), BLOCK_N) * BLOCK_N``: every row's keys spread over all splits,
   whatever its length; splits past the row's end write an empty result.
@@ -29,8 +29,14 @@ than they save), at most ``MAX_SPLITS``. It reads the cache's capacity, not the 
 choice costs no host sync (as flash-attention's KV-cache path does); short rows then leave
 splits empty, which exit after writing their empty result.
 
+Addressing: batch, head and page offsets are int64; a key's offset inside its row (dense) or
+page (paged) is int32 (``cache_seq_span`` must stay below 2**31; checked before the launch).
+
 Limits: head_dim <= 256; lengths are clamped to the cache's capacity in the kernel (the
-functional layer refuses longer ones before the launch), so no key is read out of bounds.
+functional layer refuses longer ones before the launch), so no key is read out of bounds. The
+GPU tiles are spill-free for what the launcher sees with aligned caches (head_dim and strides
+multiples of 16, 16-byte aligned pointers: every model head size of 64, 80, 96, 128, 256 with a
+contiguous cache); other layouts lose 16-byte loads and spill a little (still correct).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import triton.language as tl
 from fastformer.kernels import _runtime
 from fastformer.kernels import attention_common as common
 from fastformer.kernels._jit import rounded_for_store
-from fastformer.kernels.kv_cache import cache_capacity, cache_offsets, cache_strides
+from fastformer.kernels.kv_cache import cache_capacity, cache_strides
 
 # Most query rows (group heads x queries) in one tile: 64 x head_dim fp32 accumulators stay in
 # registers at head_dim 256 (see GPU_TILES); larger groups take several row blocks.
@@ -141,16 +147,26 @@ def _decode_attn_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
 
+    k_base = k_ptr + kv_head * stride_k_head
+    v_base = v_ptr + kv_head * stride_v_head
+    if not PAGED:
+        k_base += batch * stride_k_batch
+        v_base += batch * stride_v_batch
+    table = block_table_ptr + batch * stride_bt_batch
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < hi
-        k_keys = cache_offsets(
-            batch, cols, mask_n, block_table_ptr, stride_bt_batch, stride_bt_block, page_size,
-            stride_k_batch, stride_k_seq, PAGED,
-        )  # fmt: skip
-        k_keys += kv_head * stride_k_head
+        if PAGED:  # the page of each key, once for k and v
+            page = tl.load(table + (cols // page_size) * stride_bt_block, mask=mask_n, other=0)
+            page = page.to(tl.int64)
+            slot = cols % page_size
+            k_keys = page * stride_k_batch + slot * stride_k_seq
+            v_keys = page * stride_v_batch + slot * stride_v_seq
+        else:
+            k_keys = cols * stride_k_seq
+            v_keys = cols * stride_v_seq
         k_t = tl.load(
-            k_ptr + k_keys[None, :] + offs_d[:, None] * stride_k_dim,
+            k_base + k_keys[None, :] + offs_d[:, None] * stride_k_dim,
             mask=mask_n[None, :] & mask_d[:, None],
             other=0.0,
         )
@@ -163,16 +179,8 @@ def _decode_attn_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if PAGED:  # v's pages are k's; only the strides may differ
-            v_keys = cache_offsets(
-                batch, cols, mask_n, block_table_ptr, stride_bt_batch, stride_bt_block,
-                page_size, stride_v_batch, stride_v_seq, PAGED,
-            )  # fmt: skip
-        else:
-            v_keys = batch * stride_v_batch + cols.to(tl.int64) * stride_v_seq
-        v_keys += kv_head * stride_v_head
         v = tl.load(
-            v_ptr + v_keys[:, None] + offs_d[None, :] * stride_v_dim,
+            v_base + v_keys[:, None] + offs_d[None, :] * stride_v_dim,
             mask=mask_n[:, None] & mask_d[None, :],
             other=0.0,
         )
@@ -257,13 +265,22 @@ def _decode_combine_kernel(
 
 
 # Autotuning candidates per head-dim bucket (the power of two >= head_dim, at least 64): keys per
-# tile, warps, stages. Each compiles for sm_90 with every BLOCK_M (16 to MAX_BLOCK_M) without
-# spills (tests/test_decode_compile.py). The first is the default when nothing is tuned.
+# tile, warps, stages. fp16/bf16 candidates compile for sm_90 without spills at every BLOCK_M
+# (16 to MAX_BLOCK_M), fp32 ones (full-precision products, no tensor cores) at BLOCK_M up to
+# MAX_BLOCK_M_FP32 (tests/test_decode_compile.py; 8 warps at head_dim 128 because 4 spilled 8
+# bytes with 32 rows and a bf16 output). The first is the default when nothing is tuned.
 GPU_TILES = {
     64: ((128, 4, 3), (64, 4, 3)),
-    128: ((64, 4, 3), (128, 8, 3)),
-    256: ((32, 4, 2), (64, 8, 2)),
+    128: ((64, 8, 3), (128, 8, 2)),
+    256: ((64, 8, 2), (32, 8, 2)),
 }
+FP32_TILES = {
+    64: ((64, 4, 3),),
+    128: ((64, 4, 3),),
+    256: ((32, 8, 2),),  # 64 keys spilled kilobytes on the paged path
+}
+# fp32 products run on CUDA cores: 64 rows spilled kilobytes, 16 none.
+MAX_BLOCK_M_FP32 = 16
 INTERPRETER_BLOCK_N = 32
 TUNING_KEY = ["head_dim", "PAGED", "BLOCK_M"]
 
@@ -273,27 +290,33 @@ def _config(block_n: int, num_warps: int, num_stages: int) -> triton.Config:
 
 
 def _autotuned(kernel):
+    """``kernel`` under ``triton.autotune`` over the candidates of the call's head-dim bucket and
+    precision (one fixed tile under the interpreter, which cannot benchmark)."""
     if _runtime.is_interpreted(kernel):
-        return triton.autotune(configs=[_config(INTERPRETER_BLOCK_N, 4, 1)], key=TUNING_KEY)(kernel)
-    unique = {tile for tiles in GPU_TILES.values() for tile in tiles}
+        config = _config(INTERPRETER_BLOCK_N, 4, 1)
+        return triton.autotune(configs=[config], key=TUNING_KEY)(kernel)
+    tables = (GPU_TILES, FP32_TILES)
+    unique = {tile for table in tables for tiles in table.values() for tile in tiles}
 
     def prune(configs, named_args, **kwargs):
-        allowed = GPU_TILES[common.head_dim_bucket(named_args["head_dim"])]
+        table = FP32_TILES if kwargs["IEEE"] else GPU_TILES
+        allowed = table[common.head_dim_bucket(named_args["head_dim"])]
         return [c for c in configs if (c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
 
     configs = [_config(*tile) for tile in sorted(unique)]
-    return triton.autotune(
-        configs=configs, key=TUNING_KEY, prune_configs_by={"early_config_prune": prune}
-    )(kernel)
+    options = {"early_config_prune": prune}
+    return triton.autotune(configs=configs, key=TUNING_KEY, prune_configs_by=options)(kernel)
 
 
 _decode_attn = _autotuned(_decode_attn_kernel)
 
 
-def block_m_for(group_size: int, seqlen_q: int) -> int:
-    """Rows per tile: the group's heads times the queries, at least 16, at most MAX_BLOCK_M."""
+def block_m_for(group_size: int, seqlen_q: int, dtype: torch.dtype) -> int:
+    """Rows per tile: the group's heads times the queries, at least 16, at most MAX_BLOCK_M
+    (MAX_BLOCK_M_FP32 for fp32)."""
     rows = group_size * seqlen_q
-    return min(max(common.MIN_BLOCK, triton.next_power_of_2(rows)), MAX_BLOCK_M)
+    most = MAX_BLOCK_M_FP32 if dtype == torch.float32 else MAX_BLOCK_M
+    return min(max(common.MIN_BLOCK, triton.next_power_of_2(rows)), most)
 
 
 def num_splits_heuristic(n_programs: int, capacity: int, target_programs: int) -> int:
@@ -342,7 +365,7 @@ def decode_attention_fwd(
         return o, torch.full(q.shape[:3], float("-inf"), device=device) if want_lse else None
     _runtime.check_runnable(_decode_attn_kernel, "q", q)
     group_size = n_heads // n_kv_heads
-    block_m = block_m_for(group_size, seqlen_q)
+    block_m = block_m_for(group_size, seqlen_q, q.dtype)
     row_blocks = triton.cdiv(group_size * seqlen_q, block_m)
     n_programs = batch * n_kv_heads * row_blocks
     if num_splits is None:

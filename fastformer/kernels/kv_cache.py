@@ -1,7 +1,7 @@
 """KV cache in Triton: where a key position lives (dense or paged), and the fused append.
 
-Two cache layouts, one addressing helper (:func:`cache_offsets`) that the append and the decode
-attention kernel share:
+Two cache layouts (the append addresses them through :func:`cache_offsets`; the decode kernel
+reads each key tile's pages once for both k and v, the same arithmetic):
 - dense: k_cache, v_cache (batch, n_kv_heads, max_seqlen, head_dim), any strides; position
   ``p`` of row ``b`` is ``[b, :, p, :]``;
 - paged: (num_blocks, block_size, n_kv_heads, head_dim) and a ``block_table`` (batch,
@@ -194,6 +194,14 @@ def cache_strides(cache: torch.Tensor, paged: bool) -> tuple[int, int, int, int]
     if paged:
         return cache.stride(0), cache.stride(2), cache.stride(1), cache.stride(3)
     return cache.stride(0), cache.stride(1), cache.stride(2), cache.stride(3)
+
+
+def cache_seq_span(cache: torch.Tensor, paged: bool) -> int:
+    """How far (elements) position offsets reach inside one row (dense) or page (paged): the
+    decode kernel forms them in int32."""
+    positions = cache.shape[1] if paged else cache.shape[2]
+    stride = cache.stride(1) if paged else cache.stride(2)
+    return max(positions - 1, 0) * abs(stride)
 
 
 def cache_capacity(cache: torch.Tensor, block_table: torch.Tensor | None) -> int:
