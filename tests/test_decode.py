@@ -114,7 +114,7 @@ def test_empty_rows_give_zero_and_minus_inf(device, num_splits):
     torch.testing.assert_close(out[1, :, 1], expected, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("head_dim", [16, 64, 80, 128, 256])
+@pytest.mark.parametrize("head_dim", [8, 16, 64, 80, 128, 256])
 def test_head_dims(check, device, head_dim):
     q, k_cache, v_cache = _inputs(2, 4, 2, 2, 40, head_dim, torch.float16, device)
     _check_decode(check, q, k_cache, v_cache, _lengths([40, 17], device), num_splits=2)

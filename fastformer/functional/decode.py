@@ -8,10 +8,14 @@
     decode_positions(cache_seqlens, seqlen_new) -> (batch, seqlen_new) positions
     rotate_queries(q, inv_freq, cache_seqlens, *, interleaved=False, attention_scaling=1.0)
 
-One decode step of a layer: ``lengths = kv_cache_append_(k_cache, v_cache, k, v, lengths,
-inv_freq=inv_freq)`` writes the new keys (rotated at their positions) and values after each
-row's cached tokens, ``q = rotate_queries(q, inv_freq, old_lengths)`` rotates the queries at the
-same positions, then ``decode_attention(q, k_cache, v_cache, lengths)`` attends.
+One step of one layer (q, k, v: the new tokens' projections, ``lengths``: tokens cached so far):
+
+    q = rotate_queries(q, inv_freq, lengths)       # positions lengths[b] + t
+    new_lengths = kv_cache_append_(k_cache, v_cache, k, v, lengths, inv_freq=inv_freq)
+    out = decode_attention(q, k_cache, v_cache, new_lengths)
+
+The append writes the new keys (rotated at the same positions) and values after each row's
+cached tokens; the attention then sees them with the rest of the row.
 
 Layouts: q (batch, n_heads, seqlen_q, head_dim) and k/v_new (batch, n_kv_heads, seqlen_new,
 head_dim), SDPA's layout, any strides (a (batch, seq, heads, dim) projection seen through
@@ -39,8 +43,9 @@ table), devices; with ``validate=True`` (default) also the values of ``cache_seq
 ``new_seqlens`` and the used part of ``block_table``, read on the host (one device sync): a
 row that would overflow the cache is refused with its index, length and the cache's size.
 ``validate=False`` skips that sync for loops that keep the lengths in range themselves; the
-kernels then clamp every position to the cache, so no memory outside it is read or written,
-but keys past the capacity are dropped.
+kernels then clamp every position to the cache's capacity, so a dense cache is never read or
+written out of bounds (keys past the capacity are dropped); the entries of a block table are
+then trusted as they are.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from fastformer.kernels.kv_cache import cache_capacity, cache_strides
 # registers at head_dim 256 (see GPU_TILES); larger groups take several row blocks.
 MAX_BLOCK_M = 64
 # Fewest keys a split should hold: below this, writing fp32 partial rows and combining them
-# costs about as much as reading the keys they cover.
+# costs about as much as reading the keys they cover (a judgement, not yet timed on a GPU).
 MIN_KEYS_PER_SPLIT = 256
 # Most splits (flash-attention's cap as well): past it the combine reads more partials than the
 # grid gains in parallelism.
