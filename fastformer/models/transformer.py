@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from fastformer.models import hf_bert
 from fastformer.models.config import TransformerConfig
+from fastformer.nn.attention import attention_mask
 from fastformer.nn.embeddings import RelativePositionBias, TransformerEmbeddings, make_norm
 from fastformer.nn.heads import (
     LanguageModelingHead,
@@ -120,6 +121,9 @@ class TransformerStack(torch.nn.Module):
         bias = None
         if self.relative_bias is not None:
             bias = self.relative_bias(x.shape[1], x.shape[1])  # (1, H, S, S), learned
+            if key_padding_mask is not None:  # folded in once here, not once per layer
+                bias = attention_mask(key_padding_mask, bias, x.dtype)  # (B, H, S, S)
+                key_padding_mask = None
         decoder = self.kind == "decoder"
         if self.norm_first:
             delta, residual = x, None
