@@ -134,5 +134,124 @@ def run_inspect(args: argparse.Namespace, argv=None) -> int:
 # --- profile --------------------------------------------------------------------------------
 
 
+DEFAULT_TRACE = "fastformer_trace.json"
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+# (batch, seq) of model inputs on a GPU and on the CPU (the interpreter: tiny).
+MODEL_INPUTS = {"cuda": (8, 512), "cpu": (2, 16)}
+
+
 def _add_profile(commands) -> None:
-    pass
+    from fastformer.profiling.targets import HF_TINY_NAMES, OPS
+
+    parser = commands.add_parser(
+        "profile",
+        help="torch.profiler over a model or one op: per-op and per-kernel times, GB/s and "
+        "TFLOP/s, and a Chrome/Perfetto trace with the model's structure",
+        description="Warm up, then profile a few steps with torch.profiler. Prints a table per "
+        "fastformer op (named ranges) and per kernel (fastformer's Triton kernels told apart "
+        "from the others), and writes a Chrome/Perfetto trace. On a machine without a GPU the "
+        "kernels run in Triton's interpreter, and the times are interpreter times.",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--op", choices=OPS, help="one op, on random inputs of --shape")
+    what.add_argument(
+        "--hf", metavar="PATH_OR_NAME",
+        help=f"a transformers model: a local folder, or one of {', '.join(HF_TINY_NAMES)} "
+        "(tiny random configs; minilm: the packaged all-MiniLM-L6-v2), run through "
+        "fastformer.optimize",
+    )  # fmt: skip
+    what.add_argument("--model", metavar="PRESET", help="a fastformer.models preset")
+    parser.add_argument(
+        "--shape", nargs="+", type=_positive_int, metavar="N",
+        help="--op's shape: rows cols (norms), batch heads seq head_dim (attention), M N K "
+        "(linear), batch seq heads head_dim (rotary); default: a model-sized one on a GPU, a "
+        "tiny one on the CPU",
+    )  # fmt: skip
+    parser.add_argument("--tiny", action="store_true", help="--model: shrink the preset")
+    parser.add_argument(
+        "--set", nargs="+", metavar="FIELD=VALUE", default=(), help="--model: config fields"
+    )
+    parser.add_argument("--no-optimize", action="store_true", help="--hf: leave the model eager")
+    parser.add_argument("--batch", type=_positive_int, help="model inputs: sequences a step")
+    parser.add_argument("--seq", type=_positive_int, help="model inputs: tokens a sequence")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_NAMES, help="default: bfloat16 on a GPU, float32 on the CPU"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=DEFAULT_WARMUP, help=f"default {DEFAULT_WARMUP}"
+    )
+    parser.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS,
+                        help=f"recorded steps (default {DEFAULT_STEPS})")  # fmt: skip
+    parser.add_argument("--backward", action="store_true", help="each step: forward + backward")
+    parser.add_argument("--trace", metavar="PATH", default=DEFAULT_TRACE,
+                        help=f"Chrome/Perfetto trace file (default {DEFAULT_TRACE})")  # fmt: skip
+    parser.add_argument("--json", metavar="PATH", help="write the tables as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.set_defaults(func=run_profile)
+
+
+def _kernels_defined_for_gpu() -> bool:
+    from triton.runtime import JITFunction
+
+    return any(
+        isinstance(value, JITFunction)
+        for name, module in list(sys.modules.items())
+        if name.startswith("fastformer.kernels.") and module is not None
+        for value in vars(module).values()
+    )
+
+
+def _target(args, device, dtype):
+    from fastformer.profiling import targets
+
+    if args.op is not None:
+        return targets.op_target(args.op, args.shape, device=device, dtype=dtype,
+                                 backward=args.backward)  # fmt: skip
+    batch, seq = MODEL_INPUTS["cuda" if device.type == "cuda" else "cpu"]
+    sizes = dict(batch=args.batch or batch, seq=args.seq or seq)
+    if args.hf is not None:
+        return targets.hf_target(args.hf, device=device, dtype=dtype, backward=args.backward,
+                                 optimize=not args.no_optimize, **sizes)  # fmt: skip
+    return targets.model_target(args.model, device=device, dtype=dtype, tiny=args.tiny,
+                                overrides=args.set, backward=args.backward, **sizes)  # fmt: skip
+
+
+def run_profile(args: argparse.Namespace, argv=None) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+        if _kernels_defined_for_gpu():
+            print("error: no CUDA device, and fastformer's kernels were already defined for a "
+                  "GPU in this process; run `fastformer profile` in a fresh process",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_UNAVAILABLE
+    from fastformer.profiling import profile, table
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    default_dtype = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = getattr(torch, args.dtype or default_dtype)
+    if args.warmup < 0:
+        print(f"error: --warmup {args.warmup} must not be negative", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        target = _target(args, device, dtype)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ImportError, NotImplementedError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if device.type != "cuda":
+        _print_lines([f"profiling {target.name} in Triton's interpreter (no CUDA device)..."])
+        if args.model is not None and not args.tiny:
+            _print_lines(["NOTE: a full-size preset takes minutes a step in the interpreter; "
+                          "--tiny shrinks it"])  # fmt: skip
+    result = profile.run(
+        target, device=device, warmup=args.warmup, steps=args.steps, trace_path=args.trace
+    )
+    _print_lines(table.report_lines(result))
+    if args.json:
+        table.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return EXIT_OK
