@@ -23,6 +23,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method`:Deprec
 FAST = ["--warmup", "0", "--steps", "1"]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """The default trace file lands in the working directory: keep it out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _run(capsys, *argv) -> tuple[int, str, str]:
     status = cli.main(["profile", *argv])
     out, err = capsys.readouterr()
