@@ -26,7 +26,15 @@ def _calls(device):
     weight = torch.randn(24, 32, device=device)
     rot_q = torch.randn(1, 4, 2, 16, device=device)
     inv_freq = 1.0 / 10000 ** (torch.arange(0, 16, 2, device=device).float() / 16)
+    cache = torch.randn(2, 2, 16, 16, device=device)
+    lengths = torch.tensor([5, 9], dtype=torch.int32, device=device)
+    new = torch.randn(2, 2, 1, 16, device=device)
+    decode_q = torch.randn(2, 4, 1, 16, device=device)
     return {
+        "decode_attention": lambda: fastformer.decode_attention(decode_q, cache, cache, lengths),
+        "kv_cache_append_": lambda: fastformer.kv_cache_append_(
+            cache.clone(), cache.clone(), new, new, lengths
+        ),
         "layer_norm": lambda: fastformer.layer_norm(x, (32,), w, w),
         "rms_norm": lambda: fastformer.rms_norm(x, (32,), w, residual=x),
         "scaled_dot_product_attention": lambda: fastformer.scaled_dot_product_attention(q, q, q),
@@ -40,7 +48,7 @@ def _calls(device):
 @pytest.mark.parametrize(
     "op",
     ["layer_norm", "rms_norm", "scaled_dot_product_attention", "varlen_attention", "linear",
-     "gated_linear", "apply_rotary"],
+     "gated_linear", "apply_rotary", "decode_attention", "kv_cache_append_"],
 )  # fmt: skip
 def test_each_op_runs_in_its_named_range(op, device):
     call = _calls(device)[op]

@@ -54,7 +54,7 @@ import math
 
 import torch
 
-from fastformer.functional import _checks
+from fastformer.functional import _checks, _ranges
 from fastformer.functional.attention import scaled_dot_product_attention
 from fastformer.functional.rotary import apply_rotary
 from fastformer.kernels import _runtime
@@ -209,6 +209,7 @@ def _differentiable(q, k_cache, v_cache, cache_seqlens, block_table, scale, retu
 
 
 @torch.compiler.disable
+@_ranges.named_op("decode_attention")
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -351,6 +352,7 @@ def _check_rotary(inv_freq, k_cache, head_dim: int, attention_scaling) -> float:
 
 
 @torch.compiler.disable
+@_ranges.named_op("kv_cache_append_")
 def kv_cache_append_(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
