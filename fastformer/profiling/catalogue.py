@@ -17,10 +17,10 @@ two cannot drift apart:
   past 2**31 elements only);
 - rotary: the launcher's tile (``tile_config``) at LLaMA, GPT-NeoX and small-head shapes, NeoX
   and GPT-J style, forward and backward (conjugate);
-- decode: the split-K decode attention at every autotuning candidate of every head-dim bucket,
-  with tiles of 16 and of ``MAX_BLOCK_M`` query rows (dense cache; paged on the default tile),
-  the combine kernel at the most splits a step holds, and the KV-cache append (rotated keys at
-  LLaMA's heads, and a plain copy).
+- decode: the split-K decode attention at every autotuning candidate of every head-dim bucket
+  and precision (bf16 at query tiles of 16 and ``MAX_BLOCK_M`` rows; paged and one-split forms
+  on the default tile; fp32 dense and paged), the combine kernel, and the KV-cache append (NeoX
+  and GPT-J rotated keys, a plain copy); see ``catalogue_decode``.
 
 Arguments are specialised as Triton's launcher specialises them for contiguous tensors at model
 shapes ("aligned"): unit strides are constants, pointers and row strides multiples of 16. The
@@ -28,13 +28,14 @@ rotary kernel is also compiled without any alignment known ("unaligned": odd str
 must not spill either.
 
 This file holds the variant type, the memory-bound families (norm, rotary) and the registry;
-``catalogue_matmul`` the families built on ``tl.dot`` (attention, linear, decode). Building the
-list imports the kernels: to compile them, do it in a process where they are defined for a GPU
-(without ``TRITON_INTERPRET``).
+``catalogue_matmul`` holds attention and linear, ``catalogue_decode`` the decode family.
+Building the list imports the kernels: to compile them, do it in a process where they are
+defined for a GPU (without ``TRITON_INTERPRET``).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -267,21 +268,19 @@ def rotary_variants() -> list[Variant]:
     return variants
 
 
-def _matmul(name: str):
+def _lazy(module: str, name: str):
     def build() -> list[Variant]:
-        from fastformer.profiling import catalogue_matmul
-
-        return getattr(catalogue_matmul, name)()
+        return getattr(importlib.import_module(f"fastformer.profiling.{module}"), name)()
 
     return build
 
 
 _BUILDERS = {
     "norm": norm_variants,
-    "attention": _matmul("attention_variants"),
-    "linear": _matmul("linear_variants"),
+    "attention": _lazy("catalogue_matmul", "attention_variants"),
+    "linear": _lazy("catalogue_matmul", "linear_variants"),
     "rotary": rotary_variants,
-    "decode": _matmul("decode_variants"),
+    "decode": _lazy("catalogue_decode", "decode_variants"),
 }
 
 
