@@ -44,3 +44,26 @@ def test_kv_append_moves_16_bytes_per_access(records):
     assert append
     for record in append:
         assert record["load16"] > 0 and record["store16"] > 0, record
+
+
+def test_autotuner_offers_each_call_only_its_own_tiles(tmp_path):
+    """The GPU autotuner's pruning: a launch tries exactly its head-dim bucket's tiles for its
+    precision (checked in a process without the interpreter, where the GPU configs exist)."""
+    if compile_report.unpinned_reason():
+        pytest.skip(compile_report.unpinned_reason())
+    script = r"""
+import json
+from fastformer.kernels import attention_common, decode
+out = {}
+tuner = decode._decode_attn
+for ieee, table in ((False, decode.GPU_TILES), (True, decode.FP32_TILES)):
+    for head_dim in (16, 72, 128, 160, 256):
+        tuner.nargs = {"head_dim": head_dim}
+        got = [(c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+               for c in tuner.prune_configs({"IEEE": ieee})]
+        want = table[attention_common.head_dim_bucket(head_dim)]
+        out[f"ieee={ieee}-{head_dim}"] = sorted(got) == sorted(want)
+print(json.dumps(out))
+"""
+    results = compile_report.run_report_script(script, tmp_path)
+    assert results and all(results.values()), results
