@@ -135,20 +135,25 @@ def test_gpu_kernel_table_from_device_events():
     step = _event(1, "ProfilerStep*", 0, 1000)
     op = _event(2, PREFIX + "linear", 100, 400)
     other = _event(3, "aten::mm", 500, 700)
-    for child in (op, other):
+    backward = _event(4, "autograd::engine::evaluate_function: _LinearFunctionBackward", 800, 990)
+    for child in (op, other, backward):
         child.cpu_parent = step
         step.append_cpu_child(child)
     kernel = _event(10, "_linear_fwd_kernel", 150, 350, device=DeviceType.CUDA, linked=2)
     gemm = _event(11, "sm90_xmma_gemm_bf16", 550, 650, device=DeviceType.CUDA, linked=3)
+    dx = _event(12, "_linear_bwd_dx_kernel", 810, 860, device=DeviceType.CUDA, linked=4)
     op.append_kernel(kernel.name, 0, 200)
     other.append_kernel(gemm.name, 0, 100)
-    events = [step, op, other, kernel, gemm]
+    backward.append_kernel(dx.name, 0, 50)
+    events = [step, op, other, backward, kernel, gemm, dx]
     step_counts = {"linear": op_counts.OpCount(calls=1, bytes=2_000_000, flops=4_000_000_000)}
     target = targets.Target("synthetic", lambda: None)
     result = profile.analyse(events, step_counts, target, torch.device("cuda"), steps=1)
     assert not result.interpreted and result.step_ms == 1.0
-    (op_row,) = result.ops
+    op_row, backward_row = result.ops
     assert (op_row.name, op_row.total_ms, op_row.share) == ("linear", 0.2, 0.2)
+    assert (backward_row.name, backward_row.total_ms) == ("_LinearFunction backward", 0.05)
+    assert backward_row.gbps is None  # the ranges see forward calls only
     assert op_row.gbps == pytest.approx(10.0)  # 2 MB in 200 us
     assert op_row.tflops == pytest.approx(20.0)  # 4 GFLOP in 200 us
     by_name = {row.name: row for row in result.kernels}
@@ -156,6 +161,7 @@ def test_gpu_kernel_table_from_device_events():
     assert (ours.source, ours.op, ours.calls) == ("fastformer", "linear", 1)
     assert ours.tflops == pytest.approx(20.0)
     assert (theirs.source, theirs.op, theirs.tflops) == ("other", "", None)
+    assert by_name["_linear_bwd_dx_kernel"].op == "_LinearFunction backward"
     text = "\n".join(table.report_lines(result))
     assert "NOT GPU performance" not in text and "_linear_fwd_kernel" in text
 

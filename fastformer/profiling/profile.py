@@ -9,8 +9,9 @@ themselves), so the Chrome/Perfetto trace shows the model's structure; an observ
 op call's bytes and FLOPs (:mod:`~fastformer.profiling.op_counts`).
 
 Two tables come out of the recorded steps:
-- ops: one row per fastformer op (its named range): calls, total and mean time, share of the
-  step, achieved GB/s and TFLOP/s from the op's counts (on a GPU only);
+- ops: one row per fastformer op (its named range) and per backward of fastformer's autograd
+  Functions: calls, total and mean time, share of the step, achieved GB/s and TFLOP/s from the
+  op's counts (forward calls, on a GPU only);
 - kernels: on a GPU, one row per device kernel and the fastformer op it ran under, fastformer's
   Triton kernels told apart from the rest (cuBLAS, PyTorch's own); a kernel that is the only one
   of its op gets the op's rates. On the CPU there are no device kernels: fastformer's ops are
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -185,8 +187,6 @@ def _row(name, source, op, durations_us, step_us, steps, count=None, interpreted
 
 
 def _fastformer_kernel_names() -> set[str]:
-    import sys
-
     return {
         name
         for module_name, module in list(sys.modules.items())
@@ -205,10 +205,9 @@ def analyse(events, counts: dict[str, OpCount], target: Target, device, steps, t
         if event.name.startswith(_ranges.PREFIX):
             us = event.device_time_total if not interpreted else event.time_range.elapsed_us()
             op_times[event.name.removeprefix(_ranges.PREFIX)].append(us)
-        elif interpreted and BACKWARD_EVENT.match(event.name):
-            op_times[f"{BACKWARD_EVENT.match(event.name).group(1)} backward"].append(
-                event.time_range.elapsed_us()
-            )
+        elif BACKWARD_EVENT.match(event.name):
+            us = event.device_time_total if not interpreted else event.time_range.elapsed_us()
+            op_times[f"{BACKWARD_EVENT.match(event.name).group(1)} backward"].append(us)
     ops = [
         _row(name, FASTFORMER, "", times, step_us, steps, counts.get(name), interpreted)
         for name, times in op_times.items()
