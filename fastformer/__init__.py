@@ -26,7 +26,7 @@ _EXPORTS = {
     "decode_positions": "fastformer.functional",
     "optimize": "fastformer.integrations",
 }
-_SUBMODULES = ("functional", "nn", "models", "reference", "testing", "integrations")
+_SUBMODULES = ("functional", "nn", "models", "reference", "testing", "integrations", "generation")
 __all__ = [*_EXPORTS, *_SUBMODULES]
 
 

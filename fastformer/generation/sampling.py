@@ -107,10 +107,13 @@ def filter_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
 def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """(batch, vocab) logits with -inf on the tokens outside each row's nucleus (a new tensor):
     in order of probability, a token is dropped when the tokens before it hold ``top_p`` or
-    more of the row's probability; the most likely token always stays."""
+    more of the row's probability; the most likely token always stays. ``top_p=1`` keeps every
+    token (a copy), as rounding could otherwise drop tokens of (near) zero probability."""
     _check_logits(logits)
     if not _is_real(top_p) or not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p!r}; expected 0 < top_p <= 1")
+    if top_p == 1:
+        return logits.clone()
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
     probs = torch.softmax(sorted_logits.float(), dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs  # (B, V): mass of the tokens before each
@@ -147,7 +150,7 @@ class Sampler:
         scores = logits.float() / config.temperature
         if config.top_k is not None:
             scores = filter_top_k(scores, config.top_k)
-        if config.top_p is not None and config.top_p < 1:
+        if config.top_p is not None:
             scores = filter_top_p(scores, config.top_p)
         return scores
 
