@@ -269,8 +269,7 @@ class Generator:
             mask = attention_mask.bool()
         lengths = mask.sum(dim=1)  # (B,)
         runs = (mask[:, 1:] != mask[:, :-1]).sum(dim=1)
-        starts_real = mask[:, 0]
-        bad_shape = (runs > 2) | ((runs == 2) & starts_real)  # not 0..01..1 nor 1..10..0
+        bad_shape = runs > 1  # neither 0..01..1 (left padding) nor 1..10..0 (right)
         for name, bad in (("is empty", lengths == 0), ("has holes in its mask", bad_shape)):
             rows = bad.nonzero().flatten().tolist()
             if rows:
@@ -286,6 +285,7 @@ class Generator:
             raise ValueError(
                 f"input_ids[{b}, {t}]={ids[b, t].item()}; the vocabulary has {vocab} tokens"
             )
+        ids = ids.masked_fill(~mask, 0)  # padding ids may lie outside the vocabulary
         order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # real tokens first
         return ids.gather(1, order), lengths.to(torch.int32), lengths.tolist()
 
