@@ -188,8 +188,9 @@ def _check_query(q, k_cache, n_kv_heads: int, head_dim: int) -> None:
 
 def _length_mask(cache_seqlens, seqlen_q: int, capacity: int) -> torch.Tensor:
     """(batch, 1, seqlen_q, capacity) bool: key j is seen by query i of row b when j < len_b
-    and j <= len_b - seqlen_q + i."""
-    lengths = cache_seqlens.long()[:, None, None, None]
+    and j <= len_b - seqlen_q + i, with len_b clamped to [0, capacity] as the kernels clamp
+    it (lengths past the cache reach here only with ``validate=False``)."""
+    lengths = cache_seqlens.long().clamp(0, capacity)[:, None, None, None]
     keys = torch.arange(capacity, device=cache_seqlens.device)
     queries = torch.arange(seqlen_q, device=cache_seqlens.device)[:, None]
     return (keys < lengths) & (keys <= lengths - seqlen_q + queries)
@@ -198,7 +199,10 @@ def _length_mask(cache_seqlens, seqlen_q: int, capacity: int) -> torch.Tensor:
 def _differentiable(q, k_cache, v_cache, cache_seqlens, block_table, scale, return_lse):
     """Decode attention through the differentiable attention op (a length mask)."""
     if block_table is not None:  # gather the pages: (batch, heads, max_blocks * block_size, dim)
-        pages_k, pages_v = k_cache[block_table.long()], v_cache[block_table.long()]
+        # Entries past a row's length are never validated (sentinels such as -1 or a large
+        # number are common): clamped into the cache, the positions they give are masked.
+        pages = block_table.long().clamp(0, k_cache.shape[0] - 1)
+        pages_k, pages_v = k_cache[pages], v_cache[pages]
         k_cache, v_cache = (
             p.flatten(1, 2).transpose(1, 2) for p in (pages_k, pages_v)
         )  # (B, H_kv, S, D)
@@ -287,6 +291,9 @@ def rotate_queries(
     _checks.check_tensor("q", q)
     if q.dim() != 4:
         raise ValueError(f"q.shape={tuple(q.shape)}; expected (batch, n_heads, seqlen, head_dim)")
+    _checks.check_tensor("cache_seqlens", cache_seqlens)
+    if cache_seqlens.device != q.device:
+        raise ValueError(f"cache_seqlens is on {cache_seqlens.device} but q is on {q.device}")
     positions = decode_positions(cache_seqlens, q.shape[2])
     if positions.shape[0] != q.shape[0]:
         raise ValueError(
