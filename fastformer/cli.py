@@ -16,6 +16,7 @@ import logging
 import sys
 
 from fastformer.benchmarks import command as bench_command
+from fastformer.generation import cli as generation_command
 from fastformer.profiling import commands as profiling_commands
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     bench_command.add_parser(commands)  # bench
     profiling_commands.add_parsers(commands)  # profile, inspect
+    generation_command.add_parser(commands)  # generate
     return parser
 
 
