@@ -148,9 +148,17 @@ class TransformerStack(torch.nn.Module):
         return x if self.final_norm is None else self.final_norm(x)
 
 
-def _bool_mask(mask: torch.Tensor | None, name: str) -> torch.Tensor | None:
-    """Hugging Face's attention_mask (1 = token, 0 = padding; int or bool) as a bool mask."""
-    if mask is None or mask.dtype == torch.bool:
+def _bool_mask(mask: torch.Tensor | None, name: str, ids: torch.Tensor) -> torch.Tensor | None:
+    """Hugging Face's attention_mask (1 = token, 0 = padding; int or bool) as a bool mask of
+    ``ids``'s (batch, seq) shape."""
+    if mask is None:
+        return mask
+    if mask.shape != ids.shape:  # else an error deep in a layer, or a broadcast that fits
+        raise ValueError(
+            f"{name}.shape={tuple(mask.shape)}; expected (batch, seq)={tuple(ids.shape)}, "
+            "1/True = token"
+        )
+    if mask.dtype == torch.bool:
         return mask
     if mask.is_floating_point() or mask.is_complex():
         raise ValueError(f"{name}.dtype={mask.dtype}; expected bool or integer (1 = token)")
@@ -276,7 +284,7 @@ class Transformer(torch.nn.Module):
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids.shape={tuple(input_ids.shape)}; expected (batch, seq)")
-        mask = _bool_mask(attention_mask, "attention_mask")
+        mask = _bool_mask(attention_mask, "attention_mask", input_ids)
         config = self.config
         hidden = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, S, E)
         out = TransformerOutput(hidden)
@@ -293,7 +301,9 @@ class Transformer(torch.nn.Module):
                 if labels is None:
                     raise ValueError("an encoder-decoder needs decoder_input_ids or labels")
                 decoder_input_ids = self.shift_right(labels)
-            target_mask = _bool_mask(decoder_attention_mask, "decoder_attention_mask")
+            target_mask = _bool_mask(
+                decoder_attention_mask, "decoder_attention_mask", decoder_input_ids
+            )
             target = self.embeddings(decoder_input_ids)
             hidden = self.decoder(target, target_mask, None, memory, mask)
         out.last_hidden_state = hidden

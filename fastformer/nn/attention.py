@@ -37,6 +37,7 @@ import torch
 
 from fastformer.functional import linear, scaled_dot_product_attention
 from fastformer.kernels.attention_common import MAX_HEAD_DIM
+from fastformer.nn._checks import check_size
 from fastformer.nn.rotary import RotaryEmbedding
 
 
@@ -151,7 +152,13 @@ class MultiHeadAttention(torch.nn.Module):
         self.hidden_size, self.n_heads, self.n_kv_heads = hidden_size, n_heads, n_kv_heads
         self.is_cross_attention, self.fused_qkv = is_cross_attention, fused_qkv
         self.is_causal, self.scale, self.rotary = is_causal, scale, rotary
+        if kv_hidden_size is not None and not is_cross_attention and kv_hidden_size != hidden_size:
+            raise ValueError(
+                f"kv_hidden_size={kv_hidden_size!r} is for cross-attention; self-attention keys "
+                f"come from hidden_states (hidden_size={hidden_size})"
+            )
         kv_hidden_size = hidden_size if kv_hidden_size is None else kv_hidden_size
+        self.kv_hidden_size = check_size("kv_hidden_size", kv_hidden_size)
         q_size, kv_size = n_heads * self.head_dim, n_kv_heads * self.head_dim
 
         def proj(in_features, out_features):
@@ -222,6 +229,15 @@ class MultiHeadAttention(torch.nn.Module):
                 f"(batch, seq, {self.hidden_size})"
             )
         batch, seqlen_q, _ = hidden_states.shape
+        if key_value_states is not None and (
+            key_value_states.dim() != 3
+            or key_value_states.shape[0] != batch
+            or key_value_states.shape[-1] != self.kv_hidden_size
+        ):
+            raise ValueError(
+                f"key_value_states.shape={tuple(key_value_states.shape)}; expected "
+                f"({batch}, seq_k, {self.kv_hidden_size})"
+            )
         mask = attention_mask(key_padding_mask, attn_bias, hidden_states.dtype)
         q, k, v = self._project(hidden_states, key_value_states)
         if self.rotary is not None:
@@ -237,7 +253,7 @@ class MultiHeadAttention(torch.nn.Module):
             scale=self.scale,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )  # (B, H, Sq, D)
-        out = out.transpose(1, 2).reshape(batch, seqlen_q, -1)  # (B, Sq, H D): the one copy
+        out = out.transpose(1, 2).reshape(batch, seqlen_q, self.n_heads * self.head_dim)  # one copy
         return linear(out, self.o_proj.weight, self.o_proj.bias)
 
     def extra_repr(self) -> str:

@@ -28,6 +28,8 @@ import math
 
 import torch
 
+from fastformer.functional._checks import check_eps
+from fastformer.nn._checks import check_size
 from fastformer.nn.norm import LayerNorm, RMSNorm
 
 POSITION_KINDS = ("learned", "sinusoidal", "rotary", "relative", "none")
@@ -40,6 +42,8 @@ def make_norm(kind: str, hidden_size: int, eps: float, device=None, dtype=None):
     """A fastformer LayerNorm ("layer") or RMSNorm ("rms") of width ``hidden_size``."""
     if kind not in NORM_KINDS:
         raise ValueError(f"norm={kind!r}; expected one of {tuple(NORM_KINDS)}")
+    if eps is not None or kind == "layer":
+        check_eps(eps)  # else a bad eps surfaces only at the first forward
     return NORM_KINDS[kind](hidden_size, eps=eps, device=device, dtype=dtype)
 
 
@@ -105,6 +109,15 @@ class TransformerEmbeddings(torch.nn.Module):
         super().__init__()
         if position not in POSITION_KINDS:
             raise ValueError(f"position={position!r}; expected one of {POSITION_KINDS}")
+        check_size("vocab_size", vocab_size)
+        check_size("hidden_size", hidden_size)
+        if position == "learned":
+            check_size("max_positions", max_positions)
+        check_size("type_vocab_size", type_vocab_size, minimum=0)
+        if padding_idx is not None:
+            check_size("padding_idx", padding_idx, minimum=-vocab_size)
+            if padding_idx >= vocab_size:
+                raise ValueError(f"padding_idx={padding_idx}; expected < vocab_size={vocab_size}")
         factory = dict(device=device, dtype=dtype)
         self.position, self.max_positions, self.scale = position, max_positions, float(scale)
         self.word_embeddings = torch.nn.Embedding(
@@ -145,11 +158,13 @@ class TransformerEmbeddings(torch.nn.Module):
             if position_ids is None:
                 position_ids = torch.arange(seqlen, device=input_ids.device)
             x = x + self.sinusoidal(position_ids, x.dtype)
-        if hasattr(self, "token_type_embeddings"):
-            if token_type_ids is None:
-                x = x + self.token_type_embeddings.weight[0]  # (E,): type 0 everywhere
-            else:
-                x = x + self.token_type_embeddings(token_type_ids)
+        has_types = hasattr(self, "token_type_embeddings")
+        if token_type_ids is not None and not has_types:  # ignoring them would be silently wrong
+            raise ValueError("token_type_ids given but the embeddings have no token types")
+        if has_types and token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]  # (E,): type 0 everywhere
+        elif has_types:
+            x = x + self.token_type_embeddings(token_type_ids)
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from fastformer.functional import linear
+from fastformer.nn._checks import check_size
 from fastformer.nn.embeddings import make_norm
 from fastformer.nn.feed_forward import _resolve_activation
 
@@ -29,10 +30,14 @@ def pool(hidden: torch.Tensor, mode: str, mask: torch.Tensor | None = None) -> t
     """(batch, seq, hidden) -> (batch, hidden); see the module docstring for ``mode``.
 
     ``mask``: (batch, seq) bool, True = a real token; None = every token. A row of "mean"
-    without any kept token gives zeros.
+    without any kept token gives zeros; "cls" and "last" need seq >= 1.
     """
     if mode not in POOLING:
         raise ValueError(f"pooling={mode!r}; expected one of {POOLING}")
+    if hidden.dim() != 3:  # a (seq, hidden) input would be read as (batch, seq)
+        raise ValueError(f"hidden.shape={tuple(hidden.shape)}; expected (batch, seq, hidden)")
+    if mode != "mean" and hidden.shape[1] == 0:
+        raise ValueError(f"pooling={mode!r} of hidden.shape={tuple(hidden.shape)}: seq is 0")
     if mask is not None and (mask.dtype != torch.bool or mask.shape != hidden.shape[:2]):
         raise ValueError(
             f"mask: dtype={mask.dtype}, shape={tuple(mask.shape)}; expected bool "
@@ -41,8 +46,10 @@ def pool(hidden: torch.Tensor, mode: str, mask: torch.Tensor | None = None) -> t
     if mode == "cls":
         return hidden[:, 0]
     if mode == "mean":
-        if mask is None:
+        if mask is None and hidden.shape[1]:
             return hidden.mean(dim=1)
+        if mask is None:  # no token at all: zeros, as for a row without kept tokens
+            return hidden.new_zeros(hidden.shape[0], hidden.shape[2])
         weights = mask.to(hidden.dtype)[..., None]  # (B, S, 1)
         count = weights.sum(dim=1).clamp(min=1)  # (B, 1)
         return (hidden * weights).sum(dim=1) / count
@@ -91,6 +98,7 @@ class SequenceClassificationHead(torch.nn.Module):
         dtype=None,
     ):
         super().__init__()
+        check_size("num_labels", num_labels)
         if pooling is not None and pooling not in POOLING:
             raise ValueError(f"pooling={pooling!r}; expected None or one of {POOLING}")
         self.pooling = pooling
@@ -110,6 +118,7 @@ class TokenClassificationHead(torch.nn.Module):
         self, hidden_size: int, num_labels: int, *, dropout: float = 0.0, device=None, dtype=None
     ):
         super().__init__()
+        check_size("num_labels", num_labels)
         self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(hidden_size, num_labels, device=device, dtype=dtype)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from fastformer.nn._checks import check_size
 from fastformer.nn.attention import MultiHeadAttention
 from fastformer.nn.embeddings import make_norm
 from fastformer.nn.feed_forward import FeedForward, GatedFeedForward
@@ -72,6 +73,7 @@ class _Layer(torch.nn.Module):
         dtype,
     ):
         super().__init__()
+        check_size("ffn_size", ffn_size)
         factory = dict(device=device, dtype=dtype)
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(
@@ -210,6 +212,8 @@ class TransformerDecoderLayer(_Layer):
         device=None,
         dtype=None,
     ):
+        if memory_size is not None:
+            check_size("memory_size", memory_size)
         super().__init__(
             hidden_size, n_heads, ffn_size, n_kv_heads=n_kv_heads, activation=activation,
             gated=gated, norm=norm, norm_first=norm_first, eps=eps, dropout=dropout,
