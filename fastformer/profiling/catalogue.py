@@ -5,10 +5,10 @@ one form (the constexpr flags and the argument specialisation), with what the te
 it to. The list is what ``fastformer inspect`` reports and what the compile tests check, so the
 two cannot drift apart:
 
-- norm: the fused forward at the widths where its tile changes shape, up to ``MAX_FUSED_COLS``
-  (and ``MAX_FUSED_COLS_BWD`` backward), and the looping kernels for wider rows; LayerNorm with
-  residual, weight and bias (the form with the most live values); the widest tiles and the
-  looping kernels also at odd hidden sizes (no alignment known);
+- norm: the fused forward and backward at every power-of-two tile width up to their fused
+  limits, and the looping kernels for wider rows; LayerNorm with residual, weight and bias (the
+  form with the most live values); each with the launcher's aligned sizing (hidden sizes that
+  are multiples of 16) and its unaligned one (odd hidden sizes: no alignment known);
 - attention: every autotuning candidate of every head-dim bucket (``GPU_TILES``; the first is
   the default), forward, dk/dv and dq, causal, bf16; and the dropout-mask kernel;
 - linear: every autotuning candidate (``_GPU_TILES``; the first the form admits is the default)
@@ -110,9 +110,6 @@ _NORM_FWD = dict(IS_RMS=False, HAS_RES=True, HAS_WEIGHT=True, HAS_BIAS=True, BF1
 _NORM_BWD = dict(
     IS_RMS=False, HAS_DH=True, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, BF16_RNE=False
 )
-# Widths where the fused tile changes shape (BLOCK_M x BLOCK_N), up to the widest held whole.
-_NORM_FWD_WIDTHS = (256, 1024, 4096, 16384)
-_NORM_BWD_WIDTHS = (256, 1024, 8192)
 _NORM_FORM = "LayerNorm+residual bf16"
 ODD_WIDTH = "odd width"  # a hidden size that is not a multiple of 16: no alignment known
 
@@ -140,32 +137,34 @@ def _norm_variant(kernel, constexprs, num_warps, config, *, odd_width=False) -> 
     )
 
 
+def _norm_widths(limit: int, aligned: bool) -> list[int]:
+    """Every power-of-two tile width up to ``limit``: an aligned width is a multiple of 16."""
+    first = DIVISIBILITY if aligned else 1
+    return [1 << power for power in range(first.bit_length() - 1, limit.bit_length())]
+
+
 def norm_variants() -> list[Variant]:
     from fastformer.kernels import norm
 
-    assert max(_NORM_FWD_WIDTHS) == norm.MAX_FUSED_COLS, "widths must reach the fused limit"
-    assert max(_NORM_BWD_WIDTHS) == norm.MAX_FUSED_COLS_BWD, "widths must reach the fused limit"
     variants = []
-    for kernel, flags, widths in (
-        (norm._norm_fwd_kernel, _NORM_FWD, _NORM_FWD_WIDTHS),
-        (norm._norm_bwd_kernel, _NORM_BWD, _NORM_BWD_WIDTHS),
-    ):
-        for n_cols in widths:
-            block_m, block_n, warps = norm._fused_config(n_cols)
-            config = f"{n_cols} cols: {block_m}x{block_n} w{warps}"
-            blocks = dict(flags, BLOCK_M=block_m, BLOCK_N=block_n)
-            variants.append(_norm_variant(kernel, blocks, warps, config))
-        # The widest tile holds the most registers: also without alignment (odd hidden sizes).
-        variants.append(_norm_variant(kernel, blocks, warps, config, odd_width=True))
-    warps = norm._long_row_warps()
-    config = f"rows > fused: chunk {norm.LONG_ROW_BLOCK} w{warps}"
-    for kernel, flags in (
-        (norm._norm_fwd_long_row_kernel, _NORM_FWD),
-        (norm._norm_bwd_long_row_kernel, _NORM_BWD),
-    ):
-        for odd_width in (False, True):
-            constexprs = dict(flags, BLOCK_N=norm.LONG_ROW_BLOCK)
-            variants.append(_norm_variant(kernel, constexprs, warps, config, odd_width=odd_width))
+    for aligned, sizing in ((True, norm.ALIGNED_SIZING), (False, norm.UNALIGNED_SIZING)):
+        for kernel, flags, limit in (
+            (norm._norm_fwd_kernel, _NORM_FWD, norm.MAX_FUSED_COLS),
+            (norm._norm_bwd_kernel, _NORM_BWD, sizing.max_fused_cols_bwd),
+        ):
+            for n_cols in _norm_widths(limit, aligned):
+                block_m, block_n, warps = sizing.fused(n_cols)
+                config = f"{n_cols} cols: {block_m}x{block_n} w{warps}"
+                blocks = dict(flags, BLOCK_M=block_m, BLOCK_N=block_n)
+                variants.append(_norm_variant(kernel, blocks, warps, config, odd_width=not aligned))
+        block_n, warps = sizing.long_row_block, sizing.warps(sizing.long_row_block)
+        config = f"rows > fused: chunk {block_n} w{warps}"
+        for kernel, flags in (
+            (norm._norm_fwd_long_row_kernel, _NORM_FWD),
+            (norm._norm_bwd_long_row_kernel, _NORM_BWD),
+        ):
+            constexprs = dict(flags, BLOCK_N=block_n)
+            variants.append(_norm_variant(kernel, constexprs, warps, config, odd_width=not aligned))
     return variants
 
 
