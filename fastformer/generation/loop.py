@@ -127,6 +127,10 @@ class Generator:
             bf16, on a CUDA device (compiled kernels) or the CPU (Triton's interpreter).
         cuda_graph: capture the decode step in a CUDA graph: None (default) on CUDA devices,
             True (CUDA only), False never.
+
+    The model's dtype and device are read here: build the generator after ``.to()``. The
+    generator keeps its last cache (and CUDA graph) for the next call; one generator serves
+    one caller at a time.
     """
 
     def __init__(self, model: torch.nn.Module, *, cuda_graph: bool | None = None) -> None:
@@ -178,8 +182,10 @@ class Generator:
         return (None, 1.0) if inv_freq is None else (inv_freq, family.attention_scaling)
 
     def prefill(self, ids: torch.Tensor, lengths: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """ids (B, S) with each row's ``lengths[b]`` tokens first, into an empty ``cache``;
-        returns the (B, vocab) logits after each row's last token."""
+        """ids (B, S) with each row's ``lengths[b]`` tokens first, into an empty ``cache``
+        (lengths 0, as :meth:`KVCache.reset` leaves it: the attention sees the prompt's own
+        keys only); advances the lengths in place; returns the (B, vocab) logits after each
+        row's last token."""
         inv_freq, scaling = self._rotary()
         positions = decode_positions(cache.lengths, ids.shape[1])  # (B, S)
         new_lengths = [cache.lengths]
@@ -286,7 +292,7 @@ class Generator:
                 f"input_ids[{b}, {t}]={ids[b, t].item()}; the vocabulary has {vocab} tokens"
             )
         ids = ids.masked_fill(~mask, 0)  # padding ids may lie outside the vocabulary
-        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # real tokens first
+        order = torch.argsort((~mask).to(torch.int32), dim=1, stable=True)  # real tokens first
         return ids.gather(1, order), lengths.to(torch.int32), lengths.tolist()
 
     def _check_stops(self, stop_token_ids, pad_token_id) -> tuple[list[int], int]:
