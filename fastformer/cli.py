@@ -1,4 +1,5 @@
-"""fastformer's command line: ``fastformer bench`` (also ``python -m fastformer bench``).
+"""fastformer's command line (also ``python -m fastformer``): ``bench``, ``profile``, ``inspect``,
+``generate``.
 
 ``bench`` (:mod:`fastformer.benchmarks.command`) checks and times fastformer's kernels and whole
 models against eager PyTorch, SDPA and torch.compile and prints a table; it exits with 1 when
