@@ -14,11 +14,15 @@ assigned into transformers' module globals.
 Semantics follow transformers' SDPA path: ``is_causal`` (the call's, else the module's) applies
 only when no mask is given and more than one query row is present; GQA goes to the kernel
 directly (``enable_gqa``), without repeating k and v; T5's ``position_bias`` becomes a float mask
-(its gradient reaches the relative-position embedding; masked-out places get -inf). One
-difference, by design: a query row that sees no key at all (the padding rows of a left-padded
-causal batch) gets 0, where eager gives the mean of all values; such rows never feed a real
-token. Dropout draws from fastformer's Philox stream, so its random masks differ from eager's
-(same distribution).
+(its gradient reaches the relative-position embedding; masked-out places get -inf); under
+``torch.autocast`` q, k and v are cast to the autocast dtype, as SDPA and eager's matmuls do
+(the families' eager rotary leaves q and k in fp32 there). One difference, by design: a query
+row that sees no key at all gets 0, where eager gives the mean of all values (transformers'
+SDPA path gives 0 as well). In decoder-only and encoder models such rows (the padding rows of a
+left-padded causal batch, a row that is all padding) never feed a real token; in an
+encoder-decoder whose source row is all padding they do: the decoder's cross-attention then
+contributes 0 there instead of the mean of the padding positions' values. Dropout draws from
+fastformer's Philox stream, so its random masks differ from eager's (same distribution).
 
 Cases the kernel does not take are handed to the family's own eager attention function (found
 in the module's class hierarchy, read only), with a one-time warning naming the reason; see
@@ -50,6 +54,7 @@ ATTENTION_LIMITS = (
     "a logit soft-cap (softcap) or attention sinks (s_aux) are given: the kernel has neither",
     f"head_dim > {MAX_HEAD_DIM}, or the value head_dim differs from the query/key head_dim",
     "the tensors are not fp16, bf16 or fp32 (e.g. a model cast to float64 after optimize)",
+    "query, key and value differ in dtype outside torch.autocast",
 )
 
 _warned: set[str] = set()
@@ -105,7 +110,20 @@ def _fallback_reason(query, key, value, kwargs) -> str | None:
         return ATTENTION_LIMITS[2]
     if query.dtype not in KERNEL_DTYPES:
         return ATTENTION_LIMITS[3]
+    if not query.dtype == key.dtype == value.dtype:
+        return ATTENTION_LIMITS[4]
     return None
+
+
+def _autocast(query, key, value):
+    """q, k, v in the autocast dtype when ``torch.autocast`` is on for their device, as eager's
+    matmuls (and SDPA) compute them. Under autocast the families' eager rotary returns q and k
+    in fp32 (the product with fp32 cos/sin) next to a bf16/fp16 v."""
+    device = query.device.type
+    if not torch.is_autocast_enabled(device):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t.dtype in KERNEL_DTYPES else t for t in (query, key, value))
 
 
 def _additive_mask(module, query, key, attention_mask, is_causal):
@@ -191,7 +209,8 @@ def fastformer_attention_forward(
             "expected a torch.Tensor or None (flex BlockMasks need attn_implementation="
             "'flex_attention')"
         )
-    reason = _fallback_reason(query, key, value, kwargs)
+    cast = _autocast(query, key, value)
+    reason = _fallback_reason(*cast, kwargs)
     if reason is not None:
         if position_bias is not None:
             kwargs["position_bias"] = position_bias
@@ -202,6 +221,7 @@ def fastformer_attention_forward(
             dropout=dropout, scaling=scaling, **kwargs,
         )  # fmt: skip
 
+    query, key, value = cast
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(causal) and query.shape[2] > 1 and attention_mask is None
     mask = _mask_for_kernel(attention_mask, position_bias, query.dtype)
