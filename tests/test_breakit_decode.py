@@ -135,3 +135,31 @@ def test_calls_in_a_row_with_other_head_dims_and_dtypes(check, device, head_dim,
         functools.partial(reference.decode_attention, cache_seqlens=lengths),
         [q, k_cache, v_cache],
     )
+
+
+@pytest.mark.parametrize("num_splits", [1, 3], ids=["one-split", "split"])
+def test_nan_scores_give_a_nan_log_sum_exp(device, num_splits):
+    """A NaN key inside a row's length: eager gives NaN output and NaN log-sum-exp. The kernel
+    gave NaN output with a log-sum-exp of -inf ("no key seen"; one split) or a finite one
+    (split): a caller merging partial attentions by their lse would drop the NaN silently.
+    Keys past the length (NaN or inf there) still take no part. (The float64 reference maps a
+    NaN row to 0, so eager PyTorch is the reference here.)"""
+    q = torch.randn(BATCH, N_HEADS, 1, HEAD_DIM, device=device)
+    k_cache = torch.randn(BATCH, N_KV_HEADS, 24, HEAD_DIM, device=device)
+    v_cache = torch.randn_like(k_cache)
+    k_cache[0, 0, 3] = float("nan")  # row 0, KV head 0: query heads 0 and 1
+    k_cache[:, :, 20:] = float("inf")  # past both lengths
+    v_cache[:, :, 20:] = float("nan")
+    lengths = _lengths([20, 9], device)
+    out, lse = fastformer.decode_attention(
+        q, k_cache, v_cache, lengths, return_lse=True, num_splits=num_splits
+    )
+    scores = torch.einsum("bhd,bhkd->bhk", q[:, :, 0], k_cache.repeat_interleave(2, dim=1))
+    keys = torch.arange(24, device=device)
+    scores = scores.masked_fill(keys >= lengths[:, None, None], float("-inf"))
+    expected_lse = torch.logsumexp(scores / HEAD_DIM**0.5, dim=-1)  # (B, H)
+    assert torch.equal(lse[:, :, 0].isnan(), expected_lse.isnan())
+    assert expected_lse.isnan().sum() == 2
+    assert torch.equal(out.isnan().any(-1)[:, :, 0], expected_lse.isnan())
+    finite = ~expected_lse.isnan()
+    torch.testing.assert_close(lse[:, :, 0][finite], expected_lse[finite])

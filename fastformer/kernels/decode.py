@@ -187,7 +187,7 @@ def _decode_attn_kernel(
         acc = acc * alpha[:, None] + common.dot(p.to(v.dtype), v, DOT_FP32, IEEE)
         m_i = m_new
 
-    seen = l_i > 0.0
+    seen = l_i != 0.0  # NaN counts as seen: a NaN score gives a NaN log-sum-exp, as in eager
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
     o_rows = batch * stride_o_batch + head * stride_o_head + query * stride_o_seq
@@ -253,7 +253,7 @@ def _decode_combine_kernel(
     total = tl.sum(weights, axis=0)
     acc = tl.sum(acc, axis=0)
 
-    seen = total > 0.0
+    seen = total != 0.0  # NaN too (see the attention kernel)
     out = acc / tl.where(seen, total, 1.0)
     o_ptrs = o_ptr + batch * stride_o_batch + head * stride_o_head + query * stride_o_seq
     tl.store(o_ptrs + offs_d * stride_o_dim, rounded_for_store(out, BF16_RNE), mask=mask_d)
