@@ -12,6 +12,7 @@ import torch
 
 import fastformer
 from fastformer import reference
+from fastformer.testing import compare
 
 META = torch.device("meta")
 BATCH, N_HEADS, N_KV_HEADS, HEAD_DIM = 2, 4, 2, 16
@@ -163,3 +164,32 @@ def test_nan_scores_give_a_nan_log_sum_exp(device, num_splits):
     assert torch.equal(out.isnan().any(-1)[:, :, 0], expected_lse.isnan())
     finite = ~expected_lse.isnan()
     torch.testing.assert_close(lse[:, :, 0][finite], expected_lse[finite])
+
+
+def test_rotation_at_offsets_past_a_model_context_and_per_row(check, device):
+    """R1/R2: rows at lengths 4090 and 5 (a model built for 4096 positions decoding past it,
+    another row just started): queries and appended keys are rotated at ``length + t`` of
+    their own row, as the float64 rotation at those positions; the same q at two lengths
+    gives two different results (nothing keyed on the length alone)."""
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, HEAD_DIM, 2, device=device).float() / HEAD_DIM)
+    lengths = _lengths([4090, 5], device)
+    q = torch.randn(BATCH, N_HEADS, 16, HEAD_DIM, device=device, requires_grad=True)
+    positions = fastformer.decode_positions(lengths, 16)
+
+    def expected(q):
+        rotated, _ = reference.apply_rotary(
+            q, q[:, :0], inv_freq.to(q.dtype), position_ids=positions, layout="bhsd"
+        )
+        return rotated
+
+    check(lambda q: fastformer.rotate_queries(q, inv_freq, lengths), expected, [q])
+    same = q.detach()[:1].expand(2, -1, -1, -1)
+    both = fastformer.rotate_queries(same, inv_freq, _lengths([0, 5], device))
+    assert not torch.allclose(both[0], both[1])
+    k_cache = torch.zeros(BATCH, N_KV_HEADS, 4106, HEAD_DIM, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    k_new = torch.randn(BATCH, N_KV_HEADS, 16, HEAD_DIM, device=device)
+    fastformer.kv_cache_append_(k_cache, v_cache, k_new, k_new.clone(), lengths, inv_freq=inv_freq)
+    got = torch.stack([k_cache[0, :, 4090:], k_cache[1, :, 5:21]])
+    result = compare("appended keys", got, expected(k_new.double()), expected(k_new))
+    assert result.ok, str(result)
