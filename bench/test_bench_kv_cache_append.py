@@ -1,0 +1,11 @@
+"""The kv cache append suite under pytest-benchmark (see bench/bench_harness.py)."""
+
+from __future__ import annotations
+
+import pytest
+from bench_harness import params, run
+
+
+@pytest.mark.parametrize(("case", "mode", "provider"), params("kv_cache_append"))
+def test_kv_cache_append(benchmark, case, mode, provider) -> None:
+    run(benchmark, case, mode, provider)

@@ -1,0 +1,11 @@
+"""The rotary suite under pytest-benchmark (see bench/bench_harness.py)."""
+
+from __future__ import annotations
+
+import pytest
+from bench_harness import params, run
+
+
+@pytest.mark.parametrize(("case", "mode", "provider"), params("rotary"))
+def test_rotary(benchmark, case, mode, provider) -> None:
+    run(benchmark, case, mode, provider)
