@@ -70,6 +70,14 @@ def check_runnable(kernel, name: str, tensor: torch.Tensor) -> None:
         )
 
 
+def launch_capability(named_args: dict) -> int:
+    """Compute capability (80 for sm_80) of the GPU a launch runs on, read off its first tensor
+    (for an autotuner's config pruning, which sees the launch's arguments by name)."""
+    device = next(value.device for value in named_args.values() if torch.is_tensor(value))
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 @functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count

@@ -11,10 +11,11 @@ two cannot drift apart:
   are multiples of 16) and its unaligned one (odd hidden sizes: no alignment known);
 - attention: every autotuning candidate of every head-dim bucket (``GPU_TILES``; the first is
   the default), forward, dk/dv and dq, causal, bf16; and the dropout-mask kernel;
-- linear: every autotuning candidate (``_GPU_TILES``; the first the form admits is the default)
-  of the forward (plain GELU; gated SiLU storing its pre-activations) and both backward kernels,
-  plus the int64-offset and identity forms, which are compiled but may spill (they serve tensors
-  past 2**31 elements only);
+- linear: every autotuning candidate a launch may try on each architecture (``gpu_tiles`` of
+  the kernel, form and compute capability; the first is the default) of the forward (plain GELU;
+  gated SiLU storing its pre-activations) and both backward kernels (plain and gated, GELU,
+  SiLU and ReLU forms), plus the int64-offset and identity forms, which are compiled but may
+  spill (they serve tensors past 2**31 elements only);
 - rotary: the launcher's tile (``tile_config``) at LLaMA, GPT-NeoX and small-head shapes, NeoX
   and GPT-J style, forward and backward (conjugate);
 - decode: the split-K decode attention at every autotuning candidate of every head-dim bucket
@@ -49,7 +50,8 @@ UNALIGNED = "unaligned"
 
 @dataclass(frozen=True)
 class Variant:
-    """One kernel at one config and form, and what it is held to.
+    """One kernel at one config and form, and what it is held to, on the architectures whose
+    launches can take it (``capabilities``: tiles are chosen per architecture).
 
     ``matmul``: the kernel multiplies tiles (``tl.dot``), so it must run on tensor cores
     wherever the architecture has them. ``wgmma``: its tiles are large enough for Hopper's
@@ -70,10 +72,16 @@ class Variant:
     spill_free: bool = True
     matmul: bool = False
     wgmma: bool = False
+    # [low, high) compute capabilities whose launches can take this config (None: no bound).
+    capabilities: tuple[int, int | None] = (0, None)
 
     @property
     def key(self) -> str:
         return f"{self.kernel} [{self.config}] {self.form}"
+
+    def compiles_for(self, capability: int) -> bool:
+        low, high = self.capabilities
+        return low <= capability and (high is None or capability < high)
 
 
 def divisible_attrs(kernel, signature: dict[str, str], exclude: Callable[[str], bool]) -> dict:

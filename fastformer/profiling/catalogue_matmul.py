@@ -5,6 +5,8 @@ feed-forward GEMMs), as :class:`~fastformer.profiling.catalogue.Variant` lists (
 
 from __future__ import annotations
 
+from itertools import product
+
 from fastformer.compile_report import signature_of
 from fastformer.profiling.catalogue import (
     Variant,
@@ -136,29 +138,29 @@ def attention_variants() -> list[Variant]:
 
 _LINEAR_UNIT = ("stride_x_k", "stride_w_k", "stride_w_up_k", "stride_b_n", "stride_dy_n")
 _LINEAR_FWD = dict(ACTIVATION="gelu", IS_GATED=False, HAS_BIAS=True, STORE_PRE=False)
-# (form, kernel attribute, flags, spill-free): the forms the compile test holds to no spills,
-# then the int64-offset and identity forms, compiled on the default tile only.
+_PLAIN_GELU = dict(ACTIVATION="gelu", IS_GATED=False)
+_GATED_SILU = dict(ACTIVATION="silu", IS_GATED=True)
+_GATED_GELU = dict(ACTIVATION="gelu", IS_GATED=True)
+# (form, kernel attribute, flags, spill-free): the forms the compile test holds to no spills (the
+# SwiGLU and GELU forms, and those of every form and activation, compiled once for sm_80 and
+# sm_90, that spilled on some tile), then the int64-offset and identity forms, compiled on the
+# default tile only.
 _LINEAR_FORMS = (
     ("gelu+bias", "_linear_fwd_kernel", _LINEAR_FWD, True),
     (
         "gated silu, stores pre",
         "_linear_fwd_kernel",
-        dict(_LINEAR_FWD, ACTIVATION="silu", IS_GATED=True, HAS_BIAS=False, STORE_PRE=True),
+        dict(_LINEAR_FWD, **_GATED_SILU, HAS_BIAS=False, STORE_PRE=True),
         True,
     ),
-    ("gated silu", "_linear_bwd_dx_kernel", dict(ACTIVATION="silu", IS_GATED=True), True),
-    (
-        "gated silu",
-        "_linear_bwd_dw_kernel",
-        dict(ACTIVATION="silu", IS_GATED=True, COMPUTE_DB=False),
-        True,
-    ),
-    (
-        "gelu, db",
-        "_linear_bwd_dw_kernel",
-        dict(ACTIVATION="gelu", IS_GATED=False, COMPUTE_DB=True),
-        True,
-    ),
+    ("gelu", "_linear_bwd_dx_kernel", _PLAIN_GELU, True),
+    ("gated silu", "_linear_bwd_dx_kernel", _GATED_SILU, True),
+    ("gated gelu", "_linear_bwd_dx_kernel", _GATED_GELU, True),
+    ("gated silu", "_linear_bwd_dw_kernel", dict(_GATED_SILU, COMPUTE_DB=False), True),
+    ("gated gelu", "_linear_bwd_dw_kernel", dict(_GATED_GELU, COMPUTE_DB=False), True),
+    ("gelu, db", "_linear_bwd_dw_kernel", dict(_PLAIN_GELU, COMPUTE_DB=True), True),
+    ("gelu", "_linear_bwd_dw_kernel", dict(_PLAIN_GELU, COMPUTE_DB=False), True),
+    ("relu", "_linear_bwd_dw_kernel", dict(_PLAIN_GELU, ACTIVATION="relu", COMPUTE_DB=False), True),
     (
         "int64 gated gelu",
         "_linear_fwd_kernel",
@@ -177,18 +179,21 @@ _LINEAR_FORMS = (
         dict(ACTIVATION=None, IS_GATED=False, COMPUTE_DB=True, INT64_OFFSETS=True),
         False,
     ),
-)
+)  # fmt: skip
 # A warpgroup's wgmma covers 64 rows: forward tiles of 64 rows or more must use it.
 _WGMMA_MIN_ROWS = 64
+# The architectures the matmul kernels choose tiles for apart, as [low, high) compute
+# capabilities: before sm_90 (mma.sync) and from sm_90 (wgmma).
+ARCH_RANGES = ((0, 90), (90, None))
 
 
 def linear_variants() -> list[Variant]:
     from fastformer.kernels import linear
 
     variants = []
-    for form, name, flags, spill_free in _LINEAR_FORMS:
+    for (form, name, flags, spill_free), capabilities in product(_LINEAR_FORMS, ARCH_RANGES):
         kernel = getattr(linear, name)
-        tiles = [t for t in linear._GPU_TILES if not (t.plain_only and flags.get("IS_GATED"))]
+        tiles = linear.gpu_tiles(name, flags.get("IS_GATED", False), capabilities[0])
         for index, tile in enumerate(tiles if spill_free else tiles[:1]):
             constexprs = dict(
                 dict(INT64_OFFSETS=False),
@@ -224,6 +229,7 @@ def linear_variants() -> list[Variant]:
                     spill_free=spill_free,
                     matmul=True,
                     wgmma=forward and tile.block_m >= _WGMMA_MIN_ROWS,
+                    capabilities=capabilities,
                 )
             )
     return variants

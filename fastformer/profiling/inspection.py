@@ -162,11 +162,16 @@ def run(
     dump_dir: str | None = None,
     on_record: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Compile every variant for every architecture (architecture-major order); ``on_record``
-    sees each record as soon as it and the ones before it are done."""
+    """Compile every variant for every architecture it is meant for (architecture-major order);
+    ``on_record`` sees each record as soon as it and the ones before it are done."""
     global _variants
     _variants = list(variants)
-    tasks = [(i, arch.name, dump_dir) for arch in archs for i in range(len(_variants))]
+    tasks = [
+        (i, arch.name, dump_dir)
+        for arch in archs
+        for i, variant in enumerate(_variants)
+        if variant.compiles_for(arch.capability)
+    ]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     records = []
     if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
