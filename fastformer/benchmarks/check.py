@@ -34,10 +34,11 @@ def _is_leaf(value) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
 
 
-def leaf_copies(inputs: Mapping[str, object]) -> dict[str, object]:
-    """``inputs`` with each floating-point tensor replaced by a fresh leaf that requires grad."""
+def leaf_copies(inputs: Mapping[str, object], requires_grad: bool = True) -> dict[str, object]:
+    """``inputs`` with each floating-point tensor replaced by a fresh leaf that requires grad
+    (or, with ``requires_grad=False``, a fresh tensor that does not)."""
     return {
-        name: value.detach().clone().requires_grad_(True) if _is_leaf(value) else value
+        name: value.detach().clone().requires_grad_(requires_grad) if _is_leaf(value) else value
         for name, value in inputs.items()
     }
 

@@ -8,6 +8,8 @@ the same amount of work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 MODES = ("fwd", "bwd", "fwd+bwd")
 # 1 GB/s is 10**9 bytes per 1000 ms, i.e. 10**6 bytes per ms.
 BYTES_PER_MS_AT_1_GBPS = 10**6
@@ -189,3 +191,48 @@ def transformer_fwd_flops(
     tokens = batch * seqlen
     attention = attention_flops(batch, 1, seqlen, seqlen, hidden, is_causal)
     return 2 * tokens * (n_layers * per_layer + hidden * vocab) + n_layers * attention
+
+
+# Bytes of one int32 cache length (``cache_seqlens``), read once per row.
+LENGTH_BYTES = 4
+# Bytes of one fp32 rotary frequency (``inv_freq``).
+INV_FREQ_BYTES = 4
+
+
+def decode_attention_bytes(
+    cache_lengths: Sequence[int],
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    seqlen_q: int = 1,
+    *,
+    elem_bytes: int,
+) -> int:
+    """Bytes of decode attention over a KV cache: the cache rows actually read, q and the output.
+
+    bytes = sum_b len_b * n_kv_heads * head_dim * elem_bytes * 2 [read k and v, row b's keys]
+          + B * n_heads * seqlen_q * head_dim * elem_bytes * 2 [read q, write out]
+          + B * LENGTH_BYTES [read the lengths]
+
+    with B = len(cache_lengths). The cache's unused positions (past each row's length) are not
+    counted: no implementation needs to read them. A split-K kernel's fp32 partial results are
+    left out too (its own overhead, not the op's traffic).
+    """
+    batch = len(cache_lengths)
+    cache = sum(cache_lengths) * n_kv_heads * head_dim * elem_bytes * 2
+    queries = batch * n_heads * seqlen_q * head_dim * elem_bytes * 2
+    return cache + queries + batch * LENGTH_BYTES
+
+
+def kv_append_bytes(
+    batch: int, n_kv_heads: int, seqlen_new: int, head_dim: int, *, elem_bytes: int, rotary_dim: int
+) -> int:
+    """Bytes of appending new keys (rotated) and values to a KV cache.
+
+    bytes = B * n_kv_heads * seqlen_new * head_dim * elem_bytes * 4 [read k_new, v_new;
+                                                                     write them into the cache]
+          + B * LENGTH_BYTES [read the lengths]
+          + rotary_dim / 2 * INV_FREQ_BYTES [read inv_freq; 0 without rotary]
+    """
+    tokens = batch * n_kv_heads * seqlen_new * head_dim * elem_bytes * 4
+    return tokens + batch * LENGTH_BYTES + rotary_dim // 2 * INV_FREQ_BYTES

@@ -9,6 +9,10 @@ reference before it is timed, so a version that computes something else gets a F
   ``(batch, seq, heads, head_dim)``; the suite's ``(batch, heads, seq, head_dim)`` tensors are
   handed over as transposed views (flash-attn copies them if it needs its own layout) and the
   result is transposed back. fp16 and bf16 only (flash-attn refuses fp32: a FAILED row says so).
+  The decode suite takes ``flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=...)``
+  from the same package the same way: the dense ``(batch, n_kv_heads, capacity, head_dim)``
+  cache is handed over as a ``(batch, capacity, n_kv_heads, head_dim)`` view (flash-attn takes
+  any strides but the last), with the int32 lengths.
 - ``liger``: ``liger_kernel.transformers.functional.liger_layer_norm(X, W, B, eps)`` and
   ``liger_rms_norm(X, W, eps, ..., in_place=False)`` (in place, its backward overwrites the
   upstream gradient, which the timed replays reuse). Plain norms only: Liger has no form fused
@@ -74,6 +78,26 @@ def flash_attention() -> Callable[..., torch.Tensor] | None:
     def call(q, k, v, is_causal):
         bshd = [t.transpose(1, 2) for t in (q, k, v)]  # (B, H, S, D) -> (B, S, H, D)
         return module.flash_attn_func(*bshd, causal=is_causal).transpose(1, 2)
+
+    return call
+
+
+def flash_decode() -> Callable[..., torch.Tensor] | None:
+    """The decode suite's flash-attn provider (``call(q, cache)``, ``cache`` holding
+    ``k_cache``, ``v_cache`` and ``cache_seqlens``), or None (also when this flash-attn has no
+    ``flash_attn_with_kvcache``)."""
+    module = _module(FLASH_ATTN)
+    if module is None or not hasattr(module, "flash_attn_with_kvcache"):
+        return None
+
+    def call(q, cache):
+        out = module.flash_attn_with_kvcache(
+            q.transpose(1, 2),  # (B, H, S, D) -> (B, S, H, D)
+            cache.k_cache.transpose(1, 2),  # (B, Hkv, capacity, D) -> (B, capacity, Hkv, D)
+            cache.v_cache.transpose(1, 2),
+            cache_seqlens=cache.cache_seqlens,
+        )
+        return out.transpose(1, 2)  # (B, H, S, D)
 
     return call
 

@@ -11,8 +11,12 @@ byte counts from :mod:`fastformer.benchmarks.counts`.
 
 Modes: "fwd" times the forward with inputs that require grad (a training forward, which also
 saves what the backward needs); "bwd" times the backward alone, replaying one forward's graph;
-"fwd+bwd" times both. Gradients are reset to None before each timed call. On a GPU each passing
-row also gets the peak memory of one more call (:func:`.device.peak_memory_mib`).
+"fwd+bwd" times both. A case marked ``differentiable=False`` (an inference op: decode attention,
+the KV-cache append) runs in "fwd" mode only, with inputs that do not require grad, so that the
+op takes its inference path. A case marked ``in_place`` (the providers write into an input, as
+the cache append does) draws its inputs again, the same values, for each provider. Gradients are
+reset to None before each timed call. On a GPU each passing row also gets the peak memory of one
+more call (:func:`.device.peak_memory_mib`).
 
 Providers: eager PyTorch, torch.compile, SDPA, cuBLASLt's fused epilogue, fastformer, and two
 optional ones that join on a GPU only when their package imports
@@ -54,7 +58,9 @@ class Case:
     """One op at one shape and dtype.
 
     ``make_inputs(device, generator)`` returns the call's keyword arguments: fresh random
-    tensors in ``dtype`` (every floating-point one gets a gradient) and any options.
+    tensors in ``dtype`` (every floating-point one gets a gradient, unless the case is not
+    ``differentiable``) and any options; tensors held in other objects are passed as they are
+    (neither copied nor upcast for the reference).
     ``providers`` maps provider names to callables taking those keyword arguments;
     ``reference`` is the eager reference, run in float64 for the truth. ``x_axis`` and
     ``x_value`` name the size the suite sweeps (sequence length, hidden size, tokens) and its
@@ -73,6 +79,11 @@ class Case:
     fwd_flops: int = 0  # 0: a memory-bound op, judged by GB/s against the copy peak
     bwd_flops: int = 0
     forward_only: tuple[str, ...] = ()  # providers with no backward: timed in "fwd" mode only
+    # False: an inference op; no input gets a gradient and only "fwd" mode runs.
+    differentiable: bool = True
+    # True: the providers write into their inputs (a cache); each provider starts from the same
+    # inputs drawn again, so that one provider's writes cannot make another's check pass.
+    in_place: bool = False
     x_axis: str | None = None
     x_value: int | None = None
     variant: str = ""
@@ -84,7 +95,8 @@ class Row:
     provider (this provider's median / fastformer's), None on fastformer's own row and where
     either failed; ``gbps``, ``peak_fraction`` and ``peak_mib`` (peak memory) are None on the
     CPU; ``detail`` says why a failed row (``ok`` False) failed; ``x_axis``, ``x_value`` and
-    ``variant`` come from the case (for the plots)."""
+    ``variant`` come from the case (for the plots); ``tokens_per_s`` is set by the generation
+    rows only (tokens a second of a decode step or a prefill)."""
 
     op: str
     shape: str
@@ -105,6 +117,7 @@ class Row:
     x_axis: str | None = None
     x_value: int | None = None
     variant: str = ""
+    tokens_per_s: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -160,9 +173,15 @@ class Prepared:
     grads_out: list[torch.Tensor] | None
 
 
+def case_modes(case: Case, modes: Sequence[str]) -> list[str]:
+    """The modes among ``modes`` that ``case`` runs in: all of them, or "fwd" alone for a case
+    that is not differentiable."""
+    return [mode for mode in modes if case.differentiable or mode == "fwd"]
+
+
 def prepare(case: Case, mode: str, device: torch.device, generator: torch.Generator) -> Prepared:
     """Fresh random inputs (and output gradients for the backward modes) for ``case``."""
-    inputs = leaf_copies(case.make_inputs(device, generator))
+    inputs = leaf_copies(case.make_inputs(device, generator), requires_grad=case.differentiable)
     grads_out = None
     if mode != "fwd":
         with torch.no_grad():
@@ -268,7 +287,11 @@ def run_case(
     peak_tflops: float | None = None,
 ) -> list[Row]:
     """Check and time each of ``providers`` that ``case`` offers, in ``mode``. A case with a
-    FLOP count is judged against the matmul peak, others against the copy bandwidth."""
+    FLOP count is judged against the matmul peak, others against the copy bandwidth. A case
+    that is not differentiable gives no rows outside "fwd" mode."""
+    if mode not in case_modes(case, (mode,)):
+        return []
+    drawn_from = generator.get_state()
     prepared = prepare(case, mode, device, generator)
     n_bytes = counts.for_mode(mode, case.fwd_bytes, case.bwd_bytes)
     n_flops = counts.for_mode(mode, case.fwd_flops, case.bwd_flops)
@@ -278,6 +301,9 @@ def run_case(
             continue
         if mode != "fwd" and provider in case.forward_only:
             continue
+        if case.in_place and rows:  # the same inputs as the first provider's, drawn again
+            generator.set_state(drawn_from)
+            prepared = prepare(case, mode, device, generator)
         try:
             call = timed_call(case, provider, mode, prepared)
             result = check(case, provider, prepared)
@@ -343,7 +369,7 @@ def run_cases(
             # A fresh compile cache per case: dynamo's per-function recompile limit would
             # otherwise send later shapes back to eager without a word.
             torch.compiler.reset()
-        for mode in modes:
+        for mode in case_modes(case, modes):
             label = step_label(case, mode)
             if deadline is not None and time.monotonic() > deadline:
                 logger.info("time budget spent: %s not run", label)
