@@ -70,6 +70,11 @@ def check_runnable(kernel, name: str, tensor: torch.Tensor) -> None:
         )
 
 
+# Compute capability from which GPUs have wgmma (sm_90), which reads an operand from shared
+# memory; before it, mma.sync holds both in registers and large tiles spill sooner.
+WGMMA_CAPABILITY = 90
+
+
 def launch_capability(named_args: dict) -> int:
     """Compute capability (80 for sm_80) of the GPU a launch runs on, read off its first tensor
     (for an autotuner's config pruning, which sees the launch's arguments by name)."""

@@ -198,6 +198,7 @@ class Tile:
     block_n: int  # keys per tile
     num_warps: int
     num_stages: int
+    min_capability: int = 0  # GPUs below this compute capability do not try it (it spills there)
 
     def config(self) -> triton.Config:
         blocks = dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n)
@@ -208,10 +209,11 @@ class Tile:
 
 
 # Autotuning candidates per kernel and head-dim bucket (the power of two >= head_dim, at least
-# 64). Each was compiled for sm_90 (bf16, causal; tests/test_attention_compile.py compiles them
-# all) with 0 bytes of stack, and with wgmma where head_dim <= 128. At 256 no backward tile with
-# wgmma avoided spills, so the backward takes 32 x 32 (mma.sync) there. The first candidate of
-# each bucket is the default when nothing is tuned.
+# 64). Each was compiled for sm_80 and sm_90 (bf16, causal; tests/test_attention_compile.py
+# compiles them all) with 0 bytes of stack, and with wgmma where head_dim <= 128, but dk/dv's
+# 64 x 64 at head_dim 64, which spills 44 B before sm_90 (mma.sync) and is tried from sm_90 only.
+# At 256 no backward tile with wgmma avoided spills, so the backward takes 32 x 32 (mma.sync)
+# there. The first candidate of each bucket is the default when nothing is tuned.
 GPU_TILES = {
     "fwd": {
         64: (Tile(128, 64, 8, 2),),
@@ -219,7 +221,11 @@ GPU_TILES = {
         256: (Tile(64, 32, 8, 1),),
     },
     "dkdv": {
-        64: (Tile(32, 64, 8, 2), Tile(32, 64, 4, 2), Tile(64, 64, 8, 2)),
+        64: (
+            Tile(32, 64, 8, 2),
+            Tile(32, 64, 4, 2),
+            Tile(64, 64, 8, 2, min_capability=_runtime.WGMMA_CAPABILITY),
+        ),
         128: (Tile(32, 64, 8, 2),),
         256: (Tile(32, 32, 8, 1),),
     },
@@ -250,6 +256,13 @@ def block_d(head_dim: int) -> int:
     return max(MIN_BLOCK, triton.next_power_of_2(head_dim))
 
 
+def gpu_tiles(which: str, head_dim: int, capability: int) -> list[Tile]:
+    """The candidates of a ``which`` launch at ``head_dim`` on a GPU of compute capability
+    ``capability`` (80: sm_80): its head-dim bucket's tiles that do not spill there."""
+    tiles = GPU_TILES[which][head_dim_bucket(head_dim)]
+    return [tile for tile in tiles if capability >= tile.min_capability]
+
+
 def interpreter_tile(which: str) -> Tile:
     """The interpreter pays for padded work, not launches: small tiles, with the GPU tiles'
     shape (which side is longer), so that tests walk the same block arithmetic."""
@@ -261,7 +274,9 @@ def interpreter_tile(which: str) -> Tile:
 
 def autotuned(kernel, which: str):
     """``kernel`` under ``triton.autotune`` over its candidates for the call's head-dim bucket
-    (one fixed tile under the interpreter, which cannot benchmark)."""
+    and GPU (``gpu_tiles``; one fixed tile under the interpreter, which cannot benchmark). The
+    tuning cache is not keyed on the GPU: a process that launches one key on GPUs of two
+    architectures keeps the first one's choice."""
     if _runtime.is_interpreted(kernel):
         configs = [interpreter_tile(which).config()]
         prune = None
@@ -270,9 +285,9 @@ def autotuned(kernel, which: str):
         configs = [tile.config() for tile in unique.values()]
 
         def prune(configs, named_args, **kwargs):
-            allowed = {
-                tile.key() for tile in GPU_TILES[which][head_dim_bucket(named_args["head_dim"])]
-            }
+            capability = _runtime.launch_capability(named_args)
+            tiles = gpu_tiles(which, named_args["head_dim"], capability)
+            allowed = {tile.key() for tile in tiles}
             return [c for c in configs if _config_key(c) in allowed]
 
     options = {"early_config_prune": prune} if prune else None

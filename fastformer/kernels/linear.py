@@ -55,7 +55,6 @@ GROUP_M = tl.constexpr(8)
 _TUNING_KEY = ["N", "K", "M_BUCKET", "ACTIVATION", "IS_GATED", "INT64_OFFSETS"]
 
 
-WGMMA_CAPABILITY = 90  # sm_90: wgmma reads an operand from shared memory; mma.sync (sm_8x) cannot
 # Where a tile spills: (kernel, form, GPUs).
 _FWD, _DX, _DW = "_linear_fwd_kernel", "_linear_bwd_dx_kernel", "_linear_bwd_dw_kernel"
 _GATED, _PLAIN = True, False
@@ -102,7 +101,7 @@ _INTERPRETER_TILE = _Tile(32, 128, 128, 4, 1)
 def gpu_tiles(kernel: str, gated: bool, capability: int) -> list[_Tile]:
     """The candidates of a launch of ``kernel`` (its name) on a GPU of compute capability
     ``capability`` (80: sm_80): the tiles that do not spill there; the first is the default."""
-    mma_sync = capability < WGMMA_CAPABILITY
+    mma_sync = capability < _runtime.WGMMA_CAPABILITY
     return [
         tile
         for tile in _GPU_TILES

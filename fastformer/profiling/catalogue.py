@@ -9,8 +9,9 @@ two cannot drift apart:
   limits, and the looping kernels for wider rows; LayerNorm with residual, weight and bias (the
   form with the most live values); each with the launcher's aligned sizing (hidden sizes that
   are multiples of 16) and its unaligned one (odd hidden sizes: no alignment known);
-- attention: every autotuning candidate of every head-dim bucket (``GPU_TILES``; the first is
-  the default), forward, dk/dv and dq, causal, bf16; and the dropout-mask kernel;
+- attention: every autotuning candidate a launch may try on each architecture, in every
+  head-dim bucket (``gpu_tiles``; the first is the default), forward, dk/dv and dq, causal, bf16;
+  and the dropout-mask kernel;
 - linear: every autotuning candidate a launch may try on each architecture (``gpu_tiles`` of
   the kernel, form and compute capability; the first is the default) of the forward (plain GELU;
   gated SiLU storing its pre-activations) and both backward kernels (plain and gated, GELU,

@@ -15,6 +15,11 @@ from fastformer.profiling.catalogue import (
     unit_strides,
 )
 
+# The architectures the matmul kernels choose tiles for apart, as [low, high) compute
+# capabilities: before sm_90 (mma.sync) and from sm_90 (wgmma). Each compiles the tiles its
+# launches may try (the kernels' ``gpu_tiles``), the first as its default.
+ARCH_RANGES = ((0, 90), (90, None))
+
 # --- attention ------------------------------------------------------------------------------
 
 _ATTN_POINTERS = {
@@ -61,8 +66,9 @@ def attention_variants() -> list[Variant]:
         "dq": attention_bwd._attn_bwd_dq_kernel,
     }
     variants = []
-    for which, kernel in kernels.items():
-        for head_dim, tiles in attention_common.GPU_TILES[which].items():
+    for (which, kernel), capabilities in product(kernels.items(), ARCH_RANGES):
+        for head_dim in attention_common.GPU_TILES[which]:
+            tiles = attention_common.gpu_tiles(which, head_dim, capabilities[0])
             for index, tile in enumerate(tiles):
                 constexprs = dict(
                     _ATTN_FLAGS,
@@ -103,6 +109,7 @@ def attention_variants() -> list[Variant]:
                         default=index == 0,
                         matmul=True,
                         wgmma=head_dim <= _ATTN_WGMMA_MAX_HEAD_DIM,
+                        capabilities=capabilities,
                     )
                 )
     kernel = attention_common._dropout_mask_kernel
@@ -182,9 +189,6 @@ _LINEAR_FORMS = (
 )  # fmt: skip
 # A warpgroup's wgmma covers 64 rows: forward tiles of 64 rows or more must use it.
 _WGMMA_MIN_ROWS = 64
-# The architectures the matmul kernels choose tiles for apart, as [low, high) compute
-# capabilities: before sm_90 (mma.sync) and from sm_90 (wgmma).
-ARCH_RANGES = ((0, 90), (90, None))
 
 
 def linear_variants() -> list[Variant]:
