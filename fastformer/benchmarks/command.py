@@ -5,20 +5,23 @@
 check, 1 when one failed or the run was stopped before its end. This module is the command
 line's: it prints (the table to stdout, the progress bar to stderr).
 
-Suites: "kernels" (one per op: ``--op``), "models" (whole models; until
-``fastformer.optimize`` exists it prints a "not available yet" note and counts as no failure)
-or "all", the default; naming ops with ``--op`` alone runs the kernel suites only.
+Suites: "kernels" (one per op: ``--op``), "models" (whole models, then the generation cases:
+decode steps and prefill, :mod:`fastformer.benchmarks.generation`, which run when "fwd" is among
+the modes; until ``fastformer.optimize`` exists the suite prints a "not available yet" note and
+counts as no failure) or "all", the default; naming ops with ``--op`` alone runs the kernel
+suites only. After the table come the performance targets the run measured
+(:mod:`fastformer.benchmarks.targets`).
 
 Without a CUDA device the kernels have to run in Triton's interpreter, which is chosen when the
 kernels are defined, so ``TRITON_INTERPRET=1`` is set before anything imports them: this module
 imports nothing heavy at import time, and the suites are imported inside :func:`run`.
 
-``--budget SECONDS`` bounds the run: each suite (each kernel op, and the models suite) gets an
-equal share of the time left when it starts, so time one suite leaves unused passes on to the
-next; once a suite's share is spent no further case starts there (a case already running
-finishes), and the steps left out are listed ("skipped" in the JSON). A SIGTERM (``timeout``'s
-signal) or Ctrl-C stops the run where it is and still writes every output file, with
-``complete`` false.
+``--budget SECONDS`` bounds the run: each suite (each kernel op, the models suite and the
+generation cases) gets an equal share of the time left when it starts, so time one suite leaves
+unused passes on to the next; once a suite's share is spent no further case starts there (a
+case already running finishes), and the steps left out are listed ("skipped" in the JSON). A
+SIGTERM (``timeout``'s signal) or Ctrl-C stops the run where it is and still writes every output
+file, with ``complete`` false.
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ from fastformer.benchmarks.counts import MODES
 logger = logging.getLogger(__name__)
 
 # The kernel suites (fastformer.benchmarks.suites.OPS; a test keeps the two equal).
-BENCH_OPS = ("layer_norm", "rms_norm", "attention", "rotary", "linear")
+BENCH_OPS = (
+    "layer_norm",
+    "rms_norm",
+    "attention",
+    "rotary",
+    "linear",
+    "decode_attention",
+    "kv_cache_append",
+)
 SUITE_CHOICES = ("kernels", "models", "all")  # suites.SUITES and "all"; a test keeps them equal
 DEFAULT_SUITE = "all"
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
@@ -88,7 +99,10 @@ def add_parser(commands) -> None:
     bench.add_argument("--op", nargs="+", choices=BENCH_OPS, help="kernel ops (default: all)")
     bench.add_argument("--dtype", nargs="+", choices=DTYPE_NAMES, help="default: bfloat16")
     bench.add_argument(
-        "--mode", nargs="+", choices=MODES, help="default: all three (models: fwd, fwd+bwd)"
+        "--mode",
+        nargs="+",
+        choices=MODES,
+        help="default: all three (models: fwd, fwd+bwd; generation and decode: with fwd)",
     )
     bench.add_argument(
         "--compile",
@@ -220,7 +234,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             )
             return EXIT_FAILED
 
-    from fastformer.benchmarks import autotune, model_runner, models, norm, report, runner, suites
+    from fastformer.benchmarks import (
+        autotune,
+        generation,
+        model_runner,
+        models,
+        norm,
+        report,
+        runner,
+        suites,
+        targets,
+    )
     from fastformer.benchmarks import device as devices
 
     device = devices.default_device()
@@ -233,17 +257,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         norm_shapes = _shapes(args, norm.default_shapes(device))
         for op in args.op or BENCH_OPS:
             kernel_cases[op] = suites.cases(op, device, dtypes, norm_shapes)
-    model_cases = []
+    model_cases, generation_cases = [], []
     if suites.MODELS in chosen:
         try:
             model_cases, model_notes = models.model_suite(device, dtypes)
             notes += model_notes
+            if "fwd" in modes:
+                generation_cases, generation_notes = generation.generation_suite(device, dtypes)
+                notes += generation_notes
         except models.SuiteUnavailable as error:
             notes.append(f"models suite not available yet: {error}")
     kernel_modes = [mode for mode in MODES if mode in modes]
     model_modes = [mode for mode in model_runner.MODEL_MODES if mode in modes]
-    total = sum(len(cases) for cases in kernel_cases.values()) * len(kernel_modes)
+    total = sum(
+        len(runner.case_modes(case, kernel_modes))
+        for cases in kernel_cases.values()
+        for case in cases
+    )
     total += len(model_cases) if model_modes else 0
+    total += len(generation_cases)
 
     if device.type != "cuda":
         print(CPU_BANNER + "\n")
@@ -267,6 +299,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     complete = True
     run_deadline = time.monotonic() + args.budget if args.budget else None
     n_suites = len(kernel_cases) + int(bool(model_cases and model_modes))
+    n_suites += int(bool(generation_cases))
     suite_deadlines = (_share(run_deadline, n_suites - i) for i in range(n_suites))
     previous_handler = _on_sigterm(_raise_stopped)
     try:
@@ -292,6 +325,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 deadline=deadline,
                 **callbacks,
             )
+        if generation_cases:
+            deadline = next(suite_deadlines)
+            generation.run_generation_cases(
+                generation_cases, device=device, deadline=deadline, **callbacks
+            )
     except (_Stopped, KeyboardInterrupt) as error:
         complete = False
         reason = f"{type(error).__name__} {error}".strip()
@@ -311,6 +349,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     lines += [f"note: {note}" for note in notes]
     if skipped:
         lines.append(f"not run, time budget spent ({len(skipped)}): " + "; ".join(skipped))
+    lines += [f"target: {line}" for line in targets.target_lines(rows)]
     out.lines(lines)
     _write_outputs(args, argv, results)
     return EXIT_FAILED if n_failed or not complete else EXIT_OK

@@ -3,10 +3,11 @@
 
 The x axis is what the case says it sweeps (``Row.x_axis``): sequence length for attention,
 rotary and models, hidden size for the norms, tokens (M) for the feed-forward GEMMs, whose
-suite keeps each layer's K and N and varies the tokens. The y axis is TFLOP/s where the op
-counts FLOPs, else GB/s, on a GPU; on the CPU there is no throughput to speak of (the Triton
-interpreter's wall clock), so the plot shows the median time in ms on a log scale, and its title
-says so. Failed rows are left out.
+suite keeps each layer's K and N and varies the tokens, context length for decode attention,
+batch for the KV-cache append and generation. The y axis is TFLOP/s where the op counts FLOPs,
+else GB/s, else (generation) tokens per second, on a GPU; on the CPU there is no throughput to
+speak of (the Triton interpreter's wall clock), so the plot shows the median time in ms on a
+log scale, and its title says so. Failed rows are left out.
 
 matplotlib draws through its Agg canvas (``matplotlib.figure.Figure``, no pyplot and no
 display); it is imported only when plots are asked for.
@@ -19,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastformer.benchmarks.device import CPU_TIMING
 from fastformer.benchmarks.runner import Row
 
 CPU_Y_LABEL = "median ms (log scale)"
@@ -41,6 +43,9 @@ def _metric(rows: Sequence[Row]) -> tuple[str, str]:
         return "tflops", "TFLOP/s"
     if any(row.gbps is not None for row in rows):
         return "gbps", "GB/s"
+    on_gpu = all(row.timing != CPU_TIMING for row in rows)
+    if on_gpu and any(row.tokens_per_s is not None for row in rows):
+        return "tokens_per_s", "tokens/s"
     return "median_ms", CPU_Y_LABEL
 
 

@@ -17,11 +17,11 @@ present (a test keeps this table and the file in step):
 | ``environment.commit`` | ``git rev-parse HEAD`` of the checkout, or "unknown" |
 | ``environment.peak_gbps`` | measured copy bandwidth, GB/s (null on the CPU) |
 | ``environment.peak_tflops`` | measured bf16 matmul rate, TFLOP/s (null on the CPU) |
-| ``rows[].op`` | the case's op (``model:NAME`` for whole models) |
+| ``rows[].op`` | the case's op (``model:NAME``: a whole model; ``generate:NAME``: generation) |
 | ``rows[].shape`` | the case's shape, sizes joined by "x" |
 | ``rows[].dtype`` | float32, float16 or bfloat16 |
-| ``rows[].mode`` | fwd, bwd or fwd+bwd (for models: a training step) |
-| ``rows[].provider`` | eager, compile, sdpa, addmm_act, flash_attn, liger or fastformer |
+| ``rows[].mode`` | fwd, bwd or fwd+bwd (models: a training step); generation: decode, prefill |
+| ``rows[].provider`` | eager, compile, sdpa, addmm_act, flash_attn, liger, ff_nograph, fastformer |
 | ``rows[].median_ms`` | median time, ms (null on a failed row) |
 | ``rows[].q20_ms`` | 20% quantile, ms |
 | ``rows[].q80_ms`` | 80% quantile, ms |
@@ -36,6 +36,7 @@ present (a test keeps this table and the file in step):
 | ``rows[].x_axis`` | what the suite sweeps (sequence length, hidden size, tokens) |
 | ``rows[].x_value`` | its value in this case |
 | ``rows[].variant`` | what else tells the case apart (heads, rows, batch) |
+| ``rows[].tokens_per_s`` | generation: tokens a second (batch / step time; prefill: prompt's) |
 | ``autotune[].kernel`` | an autotuned fastformer kernel that ran |
 | ``autotune[].module`` | the module that defines it |
 | ``autotune[].key_names`` | the names of its tuning key's arguments |
@@ -59,6 +60,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from fastformer.benchmarks import targets
 from fastformer.benchmarks.autotune import Choice
 from fastformer.benchmarks.device import Environment
 from fastformer.benchmarks.runner import Row
@@ -77,6 +79,7 @@ COLUMNS = (
     ("TFLOP/s", 8),
     ("% peak", 7),
     ("peak MiB", 9),
+    ("tok/s", 9),
     ("ff speedup", 10),
     ("status", 6),
 )
@@ -133,6 +136,7 @@ def _cells(row: Row) -> list[str]:
         MISSING if row.tflops is None else f"{row.tflops:.0f}",
         MISSING if row.peak_fraction is None else f"{row.peak_fraction * PERCENT:.0f}%",
         _peak_mib(row),
+        MISSING if row.tokens_per_s is None else f"{row.tokens_per_s:.4g}",
         MISSING if row.speedup is None else f"{row.speedup:.3g}x",
         "ok" if row.ok else "FAILED",
     ]
@@ -158,7 +162,8 @@ def environment_lines(env: Environment) -> list[str]:
         f"peaks: {peak}, {matmul}; % peak is against the first for GB/s rows, the second for "
         "TFLOP/s rows",
         "ff speedup: fastformer's speedup over the row's provider (its median / fastformer's); "
-        f"peak MiB: CUDA memory of one call ({NOT_MEASURED} on the CPU)",
+        f"peak MiB: CUDA memory of one call ({NOT_MEASURED} on the CPU); tok/s: generation "
+        "rows' tokens a second",
     ]
 
 
@@ -213,7 +218,11 @@ def markdown(
     lines = ["# fastformer bench", "", f"Command: `{command}`", ""]
     lines += [f"- {line}" for line in environment_lines(results.env)]
     state = "complete" if results.complete else "STOPPED before its end"
-    lines += ["", f"{len(rows)} rows, {n_failed} failed; run {state}.", "", "## Results", ""]
+    lines += ["", f"{len(rows)} rows, {n_failed} failed; run {state}.", ""]
+    target_lines = targets.target_lines(rows)
+    if target_lines:
+        lines += ["## Targets", "", *(f"- {line}" for line in target_lines), ""]
+    lines += ["## Results", ""]
     lines += _md_table([title for title, _ in COLUMNS], [_cells(row) for row in rows])
     failed = [row for row in rows if not row.ok]
     if failed:

@@ -1,9 +1,12 @@
 """Every benchmark suite behind one name: what ``fastformer bench --suite S --op NAME`` runs.
 
 Two suites: "kernels", one per op (``OPS``: each kernel against eager PyTorch and the other
-providers), and "models" (whole models, :mod:`fastformer.benchmarks.models`; built through
+providers; ``decode_attention`` and ``kv_cache_append`` are :mod:`fastformer.benchmarks.decode`),
+and "models" (whole models, :mod:`fastformer.benchmarks.models`, built through
 :func:`fastformer.benchmarks.models.model_suite`, which raises ``SuiteUnavailable`` until
-``fastformer.optimize`` exists). "all" is both, kernels first.
+``fastformer.optimize`` exists; then the generation cases, decode steps and prefill of
+transformers LLaMA models, :mod:`fastformer.benchmarks.generation`). "all" is both, kernels
+first.
 """
 
 from __future__ import annotations
@@ -12,11 +15,19 @@ from collections.abc import Sequence
 
 import torch
 
-from fastformer.benchmarks import attention, linear, norm, rotary
+from fastformer.benchmarks import attention, decode, linear, norm, rotary
 from fastformer.benchmarks.runner import Case
 
 # Kernel suites (ops), in the order the command runs them.
-OPS = ("layer_norm", "rms_norm", "attention", "rotary", "linear")
+OPS = (
+    "layer_norm",
+    "rms_norm",
+    "attention",
+    "rotary",
+    "linear",
+    "decode_attention",
+    "kv_cache_append",
+)
 KERNELS = "kernels"
 MODELS = "models"
 ALL = "all"
@@ -48,4 +59,8 @@ def cases(
         return rotary.rotary_cases(device, dtypes=dtypes)
     if op == "linear":
         return linear.linear_cases(device, dtypes=dtypes)
+    if op == "decode_attention":
+        return decode.decode_cases(device, dtypes=dtypes)
+    if op == "kv_cache_append":
+        return decode.append_cases(device, dtypes=dtypes)
     raise ValueError(f"op={op!r} is not one of {OPS}")
