@@ -1,4 +1,17 @@
-"""Eager reference of attention (see ``fastformer.reference``): the math, written out."""
+"""Eager reference of attention (see ``fastformer.reference``): the math, written out.
+
+Which rows see no key is read from the masked scores, never from a row's log-sum-exp (a NaN
+or +inf one must not pass for "no key"): a row sees no key when every score is -inf after the
+masking (causal, window, bool mask, -inf entries of a float mask; the callers slice keys to
+their lengths), or, with infinite inputs, is -inf itself, where eager SDPA gives 0 too. Such a
+row gives 0 and a log-sum-exp of -inf (fastformer's convention). A NaN score in any other row,
+from q, k or the float mask, propagates as in eager softmax: NaN output and log-sum-exp (a NaN
+in v reaches the output through the product with the probabilities, as in eager). A float mask
+adds to the scores, as in eager and the kernels, so a NaN score under a -inf entry stays NaN.
+Keys that causal, window or bool masking hides take no part, NaN or not, as under eager's
+causal masking (eager SDPA turns a bool mask into an additive one, so a NaN key it hides still
+reaches the row there; here, as in the kernels, it does not).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +36,7 @@ def scaled_dot_product_attention(
     dropout_mask=None,
 ):
     """Softmax(q k^T * scale + mask) v in the inputs' dtype, with fastformer's conventions:
-    rows that see no key give 0 (SDPA gives NaN there) and a log-sum-exp of -inf. Dropout
+    rows that see no key give 0 and a log-sum-exp of -inf (see the module header). Dropout
     needs the keep mask to apply (``dropout_mask``, broadcast to the probabilities)."""
     if dropout_p and dropout_mask is None:
         raise ValueError("dropout_p > 0 needs dropout_mask: the reference draws no numbers")
@@ -59,7 +72,8 @@ def scaled_dot_product_attention(
             scores = scores + attn_mask.to(scores.dtype)
     scores = scores.masked_fill(~keep, float("-inf"))
     lse = torch.logsumexp(scores.float() if scores.dtype != torch.float64 else scores, dim=-1)
-    seen = torch.isfinite(lse)[..., None]
+    # NaN != -inf: a NaN score counts as seen, so it reaches the output and the log-sum-exp.
+    seen = (scores != float("-inf")).any(dim=-1, keepdim=True)
     # A row with no key: softmax of all -inf is NaN, and so is its gradient; give 0 instead.
     probs = torch.softmax(scores.masked_fill(~seen, 0.0), dim=-1).masked_fill(~seen, 0.0)
     if dropout_p:
