@@ -12,7 +12,7 @@ import torch
 
 import fastformer
 from fastformer import cli, reference
-from fastformer.benchmarks import counts, decode, generation, runner, suites, targets
+from fastformer.benchmarks import command, counts, decode, generation, runner, suites, targets
 from fastformer.benchmarks import device as devices
 from fastformer.functional import decode as functional_decode
 
@@ -268,6 +268,9 @@ def test_target_lines():
 
 
 def test_command_runs_the_decode_ops_and_prints_the_targets(monkeypatch):
+    # The CPU's tiny shapes on any device (a GPU's grid is the gpu_check's job).
+    monkeypatch.setattr(decode, "_gpu_shapes", lambda: list(decode.CPU_SHAPES))
+    monkeypatch.setattr(decode, "GPU_APPEND_SHAPES", decode.CPU_APPEND_SHAPES)
     capture = io.StringIO()
     monkeypatch.setattr("sys.stdout", capture)
     argv = ["bench", "--op", "decode_attention", "kv_cache_append", "--mode", "fwd", "bwd"]
@@ -279,3 +282,11 @@ def test_command_runs_the_decode_ops_and_prints_the_targets(monkeypatch):
     assert len(target) == 2
     if not torch.cuda.is_available():
         assert all("no GPU" in line for line in target)
+
+
+def test_budget_weights_decode_and_generation(monkeypatch):
+    monkeypatch.setattr(command.time, "monotonic", lambda: 0.0)
+    names = ["layer_norm", "decode_attention", "models", command.GENERATION]
+    deadlines = list(command._deadlines(80.0, names))  # weights 1, 2, 1, 4: 8 in all
+    assert deadlines == pytest.approx([10.0, 80.0 * 2 / 7, 80.0 / 5, 80.0])
+    assert list(command._deadlines(None, names)) == [None] * 4

@@ -17,7 +17,8 @@ kernels are defined, so ``TRITON_INTERPRET=1`` is set before anything imports th
 imports nothing heavy at import time, and the suites are imported inside :func:`run`.
 
 ``--budget SECONDS`` bounds the run: each suite (each kernel op, the models suite and the
-generation cases) gets an equal share of the time left when it starts, so time one suite leaves
+generation cases) gets a share of the time left when it starts (equal shares, but
+``SUITE_WEIGHTS`` gives decode attention two and generation four), so time one suite leaves
 unused passes on to the next; once a suite's share is spent no further case starts there (a
 case already running finishes), and the steps left out are listed ("skipped" in the JSON). A
 SIGTERM (``timeout``'s signal) or Ctrl-C stops the run where it is and still writes every output
@@ -52,6 +53,10 @@ BENCH_OPS = (
 )
 SUITE_CHOICES = ("kernels", "models", "all")  # suites.SUITES and "all"; a test keeps them equal
 DEFAULT_SUITE = "all"
+GENERATION = "generation"  # the generation cases' share of the budget (in the models suite)
+# Budget weights (others weigh 1): decode attention has 25 cases on a GPU and the issue's target
+# row; generation builds models, captures CUDA graphs and compiles transformers' decode step.
+SUITE_WEIGHTS = {"decode_attention": 2.0, GENERATION: 4.0}
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -193,13 +198,22 @@ class _Output:
             self.bar.close()
 
 
-def _share(run_deadline: float | None, suites_left: int) -> float | None:
-    """The deadline of the next suite: an equal share of the time left until ``run_deadline``
-    among the ``suites_left`` suites (None: no budget)."""
+def _share(run_deadline: float | None, suites_left: float, weight: float = 1.0) -> float | None:
+    """The deadline of the next suite: its share of the time left until ``run_deadline``, its
+    ``weight`` over ``suites_left``, the weights of the suites left (itself included) summed:
+    an equal share when every suite weighs 1 (None: no budget)."""
     if run_deadline is None:
         return None
     now = time.monotonic()
-    return now + max(run_deadline - now, 0.0) / suites_left
+    return now + max(run_deadline - now, 0.0) * weight / suites_left
+
+
+def _deadlines(run_deadline: float | None, names: list[str]):
+    """Each suite's deadline in turn (a generator: each share is cut when its suite starts, so
+    time an earlier suite left unused passes on), weighted by ``SUITE_WEIGHTS``."""
+    weights = [SUITE_WEIGHTS.get(name, 1.0) for name in names]
+    for i, weight in enumerate(weights):
+        yield _share(run_deadline, sum(weights[i:]), weight)
 
 
 def _raise_stopped(signum, frame):
@@ -298,9 +312,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     providers = runner.default_providers(device, include_compile=args.compile)
     complete = True
     run_deadline = time.monotonic() + args.budget if args.budget else None
-    n_suites = len(kernel_cases) + int(bool(model_cases and model_modes))
-    n_suites += int(bool(generation_cases))
-    suite_deadlines = (_share(run_deadline, n_suites - i) for i in range(n_suites))
+    names = list(kernel_cases)
+    names += [suites.MODELS] if model_cases and model_modes else []
+    names += [GENERATION] if generation_cases else []
+    suite_deadlines = _deadlines(run_deadline, names)
     previous_handler = _on_sigterm(_raise_stopped)
     try:
         for cases in kernel_cases.values():
