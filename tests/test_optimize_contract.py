@@ -333,3 +333,13 @@ def test_t5_bf16_with_fp32_wo_as_transformers_loads_it(name):
     assert got.dtype == want.dtype
     result = testing.compare("logits", got[real], ref[real], want[real])
     assert result.ok, str(result)
+
+
+def test_report_counts_no_module_a_fastformer_module_runs():
+    """A gated MLP's gate and up projections run inside its kernel: the report must not list
+    them among the eager Linears (only LLaMA's attention projections and head are eager)."""
+    model = build("llama")
+    fastformer.optimize(model)
+    layers = model.config.num_hidden_layers
+    attention_linears = 4 * layers  # q, k, v, o per layer
+    assert model.fastformer_report.untouched.get("Linear") == attention_linears + 1  # + lm_head

@@ -265,10 +265,19 @@ def plan_modules(model: torch.nn.Module, *, norms: bool, mlp: bool, rotary: bool
 
 
 def untouched_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Modules with their own Parameters that still run eager, counted per class name."""
+    """Modules with their own Parameters that still run eager, counted per class name. A gated
+    MLP's gate and up projections run inside its kernel, so they are not counted."""
+    owned = {
+        id(getattr(module, name))
+        for module in model.modules()
+        if isinstance(module, GatedMLP)
+        for name in (module.gate_name, module.up_name)
+    }
     counts: dict[str, int] = {}
     for module in model.modules():
-        if is_fastformer(module) or not any(True for _ in module.parameters(recurse=False)):
+        if id(module) in owned or is_fastformer(module):
+            continue
+        if not any(True for _ in module.parameters(recurse=False)):
             continue
         name = type(module).__name__
         counts[name] = counts.get(name, 0) + 1
