@@ -16,9 +16,9 @@
 #
 # Time limits (seconds; override through the environment): TESTS_SECONDS for the GPU tests,
 # BENCH_SECONDS for the bench, whose own --budget (BENCH_BUDGET) is shared among its suites so
-# that every suite gets its turn (decode attention a double share, generation a fourfold one:
+# that every suite gets its turn (decode attention a double share, generation a fivefold one:
 # fastformer/benchmarks/command.py's SUITE_WEIGHTS; decode attention runs its target rows first,
-# generation compiles transformers' decode step only with a minute of its share left); when the
+# generation compiles transformers' decode step only with 45 s of its share left); when the
 # budget is spent, later cases are skipped and listed, and if the hard limit still hits, the
 # bench's SIGTERM handler writes what it measured. The 60 s between the budget and the limit
 # cover the start-up (peak bandwidth and matmul rate), a case that began before the budget ran

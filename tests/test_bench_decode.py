@@ -287,6 +287,6 @@ def test_command_runs_the_decode_ops_and_prints_the_targets(monkeypatch):
 def test_budget_weights_decode_and_generation(monkeypatch):
     monkeypatch.setattr(command.time, "monotonic", lambda: 0.0)
     names = ["layer_norm", "decode_attention", "models", command.GENERATION]
-    deadlines = list(command._deadlines(80.0, names))  # weights 1, 2, 1, 4: 8 in all
-    assert deadlines == pytest.approx([10.0, 80.0 * 2 / 7, 80.0 / 5, 80.0])
+    deadlines = list(command._deadlines(90.0, names))  # weights 1, 2, 1, 5: 9 in all
+    assert deadlines == pytest.approx([10.0, 90.0 * 2 / 8, 90.0 / 6, 90.0])
     assert list(command._deadlines(None, names)) == [None] * 4

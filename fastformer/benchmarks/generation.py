@@ -80,7 +80,7 @@ WARM_STEPS = 3
 CPU_WARM_STEPS = 1
 # The compile provider starts only with this much of the suite's share left: compiling a
 # 30-layer decode step takes tens of seconds.
-COMPILE_RESERVE_S = 60.0
+COMPILE_RESERVE_S = 45.0
 # The CPU stand-in times one call (the interpreter takes a fraction of a second per step).
 CPU_MIN_REPS = 1
 CPU_WARMUP_CALLS = 0
