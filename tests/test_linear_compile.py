@@ -5,9 +5,9 @@ Triton's interpreter accepts code that the GPU compiler rejects or spills; ``fas
 inspect`` (run in a separate process, without TRITON_INTERPRET) compiles, for each
 architecture, every autotuning candidate its launches may try (``linear.gpu_tiles``: per kernel,
 form and compute capability) of every kernel and form (fastformer/profiling/catalogue_matmul.py)
-and reads the compiler's figures. Arguments are specialized as the launcher's JIT specializes them at model shapes: unit
-strides are constants, pointers, sizes and row strides multiples of 16. The int64-offset and
-identity forms must compile; they may spill.
+and reads the compiler's figures. Arguments are specialized as the launcher's JIT specializes
+them at model shapes: unit strides are constants, pointers, sizes and row strides multiples of
+16. The int64-offset and identity forms must compile; they may spill.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_compiles_for_sm80_and_sm90_with_tensor_cores_and_no_spills(records):
     kernels = {record["kernel"] for record in records}
     assert kernels == {"_linear_fwd_kernel", "_linear_bwd_dx_kernel", "_linear_bwd_dw_kernel"}
     assert any(record["wgmma_expected"] for record in records)
-    assert compile_report.failures(records, known={}) == []
+    assert compile_report.failures(records) == []
 
 
 def test_each_architecture_compiles_exactly_the_tiles_its_launches_try(records):
