@@ -1,5 +1,5 @@
-"""NaN inputs in attention: NaN wherever eager PyTorch gives NaN, in the float64 reference
-(output and log-sum-exp), while rows that see no key keep 0 and -inf.
+"""NaN inputs in attention: NaN wherever eager PyTorch gives NaN, in the float64 reference and in
+the kernel (output and log-sum-exp), while rows that see no key keep 0 and -inf.
 
 Eager here is softmax over the masked scores (``F.scaled_dot_product_attention`` where it masks
 the same way: causal, float masks). Keys a row may not see take no part, NaN or not, as under
@@ -8,10 +8,13 @@ eager's causal masking. Rows untouched by the NaN must equal the run without it 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import fastformer
 from fastformer import reference
 
 SHAPE = (2, 2, 9, 16)  # batch, heads, seq, head_dim: one key block under the interpreter
@@ -119,3 +122,106 @@ def test_reference_decode_nan_key_inside_the_length_only(device):
     out, lse = reference.decode_attention(q, k_cache, v_cache, lengths, return_lse=True)
     assert lse[:, :, 0].isnan().tolist() == [[False, True], [False, False]]
     assert _nan_rows(out)[:, :, 0].tolist() == [[False, True], [False, False]]
+
+
+def _check_nan_rows(out, lse, clean_out, clean_lse, expected_nan):
+    """NaN rows of the output and the log-sum-exp exactly as expected; every other row equal
+    to the run without the NaN, bit for bit."""
+    assert expected_nan.any() and not expected_nan.all()
+    assert torch.equal(_nan_rows(out), expected_nan)
+    assert torch.equal(out.isnan().all(dim=-1), expected_nan)  # the whole row, as eager
+    assert torch.equal(lse.isnan(), expected_nan)
+    assert torch.equal(out[~expected_nan], clean_out[~expected_nan])
+    assert torch.equal(lse[~expected_nan], clean_lse[~expected_nan])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_kernel_nan_key_gives_nan_output_and_lse(check, device, is_causal, dtype):
+    """NaN in one key of one (batch, head): the kernel's log-sum-exp was -inf ("no key seen")
+    there, with a NaN output; a caller merging partial attentions by their lse would drop it."""
+    q, k, v = (t.to(dtype) for t in _inputs(device))
+    clean_out, clean_lse = fastformer.scaled_dot_product_attention(
+        q, k, v, is_causal=is_causal, return_lse=True
+    )  # fmt: skip
+    k[0, 1, NAN_KEY] = NAN
+    out, lse = fastformer.scaled_dot_product_attention(
+        q, k, v, is_causal=is_causal, return_lse=True
+    )  # fmt: skip
+    expected_nan = _nan_rows(F.scaled_dot_product_attention(q, k, v, is_causal=is_causal))
+    _check_nan_rows(out, lse, clean_out, clean_lse, expected_nan)
+    kwargs = dict(is_causal=is_causal, return_lse=True)
+    check(
+        functools.partial(fastformer.scaled_dot_product_attention, **kwargs),
+        functools.partial(reference.scaled_dot_product_attention, **kwargs),
+        [t.requires_grad_() for t in (q, k, v)],
+    )
+
+
+def test_kernel_row_whose_only_key_is_nan(device):
+    """Causal row 0 sees key 0 alone, and it is NaN: its log-sum-exp is NaN, not -inf (on the
+    GPU the running max skips NaN and stays -inf there, which once read as "no key")."""
+    q, k, v = (t.float() for t in _inputs(device))
+    clean_out, clean_lse = fastformer.scaled_dot_product_attention(
+        q, k, v, is_causal=True, return_lse=True
+    )  # fmt: skip
+    k[0, 1, 0] = NAN
+    out, lse = fastformer.scaled_dot_product_attention(q, k, v, is_causal=True, return_lse=True)
+    expected_nan = torch.zeros(SHAPE[:3], dtype=torch.bool, device=device)
+    expected_nan[0, 1] = True
+    _check_nan_rows(out, lse, clean_out, clean_lse, expected_nan)
+
+
+def test_kernel_bool_mask_hides_the_nan_key_and_empty_rows_stay_zero(check, device):
+    q, k, v = (t.float() for t in _inputs(device))
+    keep = torch.ones(SHAPE[2], SHAPE[2], dtype=torch.bool, device=device)
+    keep[2] = False
+    keep[5, NAN_KEY] = False
+    clean_out, clean_lse = fastformer.scaled_dot_product_attention(
+        q, k, v, attn_mask=keep, return_lse=True
+    )  # fmt: skip
+    k[0, 1, NAN_KEY] = NAN
+    out, lse = fastformer.scaled_dot_product_attention(q, k, v, attn_mask=keep, return_lse=True)
+    expected_nan = torch.zeros(SHAPE[:3], dtype=torch.bool, device=device)
+    expected_nan[0, 1] = keep[:, NAN_KEY]
+    _check_nan_rows(out, lse, clean_out, clean_lse, expected_nan)
+    assert torch.equal(out[:, :, 2], torch.zeros_like(out[:, :, 2]))
+    assert torch.equal(lse[:, :, 2], torch.full_like(lse[:, :, 2], float("-inf")))
+    kwargs = dict(attn_mask=keep, return_lse=True)
+    check(
+        functools.partial(fastformer.scaled_dot_product_attention, **kwargs),
+        functools.partial(reference.scaled_dot_product_attention, **kwargs),
+        [t.requires_grad_() for t in (q, k, v)],
+    )
+
+
+def test_kernel_nan_float_mask_entry(device):
+    q, k, v = (t.float() for t in _inputs(device))
+    bias = torch.randn(SHAPE[2], SHAPE[2], device=device)
+    clean_out, clean_lse = fastformer.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, return_lse=True
+    )  # fmt: skip
+    bias[6, 2] = NAN
+    out, lse = fastformer.scaled_dot_product_attention(q, k, v, attn_mask=bias, return_lse=True)
+    expected_nan = _nan_rows(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+    _check_nan_rows(out, lse, clean_out, clean_lse, expected_nan)
+
+
+def test_kernel_varlen_nan_key(check, device):
+    """Packed causal sequences: the NaN key of sequence 1 reaches its rows from that key on,
+    and no other sequence."""
+    lengths = [5, 7, 3]
+    cu = torch.tensor([0, 5, 12, 15], device=device)
+    q, k, v = (torch.randn(15, 2, 16, device=device) for _ in range(3))
+    kwargs = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, is_causal=True, return_lse=True)
+    clean_out, clean_lse = fastformer.varlen_attention(q, k, v, **kwargs)
+    k[5 + 2, 0] = NAN  # sequence 1, its key 2, head 0
+    out, lse = fastformer.varlen_attention(q, k, v, **kwargs)
+    expected_nan = torch.zeros(15, 2, dtype=torch.bool, device=device)
+    expected_nan[5 + 2 : 5 + lengths[1], 0] = True
+    _check_nan_rows(out, lse, clean_out, clean_lse, expected_nan)
+    check(
+        functools.partial(fastformer.varlen_attention, **kwargs),
+        functools.partial(reference.varlen_attention, **kwargs),
+        [t.requires_grad_() for t in (q, k, v)],
+    )

@@ -10,7 +10,10 @@ Each row's softmax statistics are saved for the backward as two numbers, the run
 ``exp2((s - m) - log2(l))``, where ``s - m`` is exact, so large logits (|s| ~ 200) keep their
 precision (an fp32 log-sum-exp of 200 alone carries an error of 1.5e-5). Rows that see no key
 (all masked, causal rows before the first key, empty sequences) give 0 and store m = +inf, so
-that their probabilities are 0 in the backward and every gradient stays finite.
+that their probabilities are 0 in the backward and every gradient stays finite. A row with a
+NaN score is not one of them: its sum is NaN, and so are its output, m, log2(l) and log-sum-exp
+(m too: the GPU's max skips NaN, so a row whose only key is NaN would keep m = -inf, which the
+caller's test for an infinite m takes for "no key"; a +inf score also gives a NaN sum).
 Layouts and causal alignment: see ``attention_common``.
 """
 
@@ -154,9 +157,11 @@ def _attn_fwd_kernel(
         acc = acc * alpha[:, None] + common.dot(p.to(v.dtype), v, DOT_FP32, IEEE)
         m_i = m_new
 
-    seen = l_i > 0.0
+    seen = l_i != 0.0  # NaN counts as seen: a NaN score gives a NaN log-sum-exp, as in eager
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     m_store = tl.where(seen, m_i, float("inf"))
+    # A NaN row stores m = l_i = NaN: on the GPU, max() skips NaN and m may even stay -inf.
+    m_store = tl.where(l_i == l_i, m_store, l_i)
     log2l = tl.where(seen, tl.log2(tl.where(seen, l_i, 1.0)), 0.0)
     o_base = o_ptr + batch * stride_o_batch + head * stride_o_head + q_start * stride_o_seq
     o_ptrs = o_base + rows[:, None] * stride_o_seq + offs_d[None, :] * stride_o_dim
