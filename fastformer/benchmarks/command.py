@@ -92,7 +92,7 @@ def add_parser(commands) -> None:
         help="check and time the kernels and whole models against eager PyTorch, SDPA and "
         "torch.compile",
         description="Check each provider against a float64 reference, then time it: the median "
-        "and 20%%/80%% quantiles of triton.testing.do_bench on a GPU (each suite's model shapes, "
+        "and 20%/80% quantiles of triton.testing.do_bench on a GPU (each suite's model shapes, "
         "bf16); on the CPU, wall-clock times of the Triton interpreter on tiny shapes, which are "
         "not GPU performance.",
     )
