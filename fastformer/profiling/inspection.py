@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from fastformer.compile_report import problems
 from fastformer.profiling import occupancy as occ
 
 logger = logging.getLogger(__name__)
@@ -128,30 +129,6 @@ def _record(variant, arch: occ.ArchLimits, dump_dir: str | None) -> dict:
 def _work(task: tuple[int, str, str | None]) -> dict:
     index, arch_name, dump_dir = task
     return _record(_variants[index], occ.arch_limits(arch_name), dump_dir)
-
-
-def problems(record: dict) -> list[str]:
-    """What a record breaks: a compile error, spills in a kernel held to none, shared memory
-    over the per-block limit, a matrix kernel without tensor-core instructions, a large-tile
-    one without wgmma where the architecture has it."""
-    if record["error"]:
-        return [f"does not compile: {record['error']}"]
-    found = []
-    if record["spill_free"] and (
-        record["spill_stores"] or record["spill_loads"] or record["local"]
-    ):
-        found.append(
-            f"spills {record['spill_stores']} B stored, {record['spill_loads']} B loaded"
-            + (f", {record['local']} B local" if record["local"] else "")
-        )
-    shared = record["shared"] + record["static_shared"]
-    if shared > record["smem_limit"]:
-        found.append(f"shared memory {shared} B > {record['smem_limit']} B a block")
-    if record["matmul"] and not (record["mma"] or record["wgmma"]):
-        found.append("no tensor-core instruction (mma, wgmma)")
-    if record["wgmma_expected"] and not record["wgmma"]:
-        found.append("no wgmma on a tile large enough for it")
-    return found
 
 
 def run(

@@ -27,8 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fastformer.compile_report import WARP_SIZE
+
 KIB = 1024
-WARP_SIZE = 32  # threads per warp on every NVIDIA architecture
 REGS_PER_SM = 65536  # 32-bit registers per SM (64K), compute capability 5.0 to 10.x
 MAX_REGS_PER_THREAD = 255
 REG_ALLOC_UNIT = 256  # registers per warp are allocated in multiples of this (per warp)
