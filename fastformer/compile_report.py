@@ -228,7 +228,7 @@ def unpinned_reason() -> str | None:
         return "this triton has no NVIDIA backend (ptxas, cuobjdump) to compile with"
     if not triton.__version__.startswith(PINNED_TRITON):
         return (
-            f"compile reports are pinned to triton {PINNED_TRITON} (the GPU machine's); "
+            f"compile reports are pinned to triton {PINNED_TRITON}x (the GPU machine's); "
             f"this is {triton.__version__}"
         )
     return None
