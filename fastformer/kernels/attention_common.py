@@ -199,6 +199,7 @@ class Tile:
     num_warps: int
     num_stages: int
     min_capability: int = 0  # GPUs below this compute capability do not try it (it spills there)
+    max_capability: int | None = None  # nor do GPUs from this one on (None: no bound)
 
     def config(self) -> triton.Config:
         blocks = dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n)
@@ -207,34 +208,95 @@ class Tile:
     def key(self) -> tuple[int, int, int, int]:
         return (self.block_m, self.block_n, self.num_warps, self.num_stages)
 
+    def tried_on(self, capability: int) -> bool:
+        """Whether a GPU of compute capability ``capability`` (80: sm_80) tries this tile."""
+        below = self.max_capability is None or capability < self.max_capability
+        return self.min_capability <= capability and below
 
-# Autotuning candidates per kernel and head-dim bucket (the power of two >= head_dim, at least
-# 64). Each was compiled for sm_80 and sm_90 (bf16, causal; tests/test_attention_compile.py
-# compiles them all) with 0 bytes of stack, and with wgmma where head_dim <= 128, but dk/dv's
-# 64 x 64 at head_dim 64, which spills 44 B before sm_90 (mma.sync) and is tried from sm_90 only.
-# At 256 no backward tile with wgmma avoided spills, so the backward takes 32 x 32 (mma.sync)
-# there. The first candidate of each bucket is the default when nothing is tuned.
+
+# Autotuning candidates per tile form, kernel and head-dim bucket (the power of two >= head_dim,
+# at least 64). A form is what a launch's flags and dtype do to the registers a tile needs:
+# - "plain": fp16/bf16 without dropout or mask (causal, windowed, packed or full);
+# - "heavy": fp16/bf16 with dropout, a mask or the float mask's gradient (Philox numbers, mask
+#   tiles and the score gradient's store stay live next to the accumulators);
+# - "fp32": fp32 inputs, whose full-precision (IEEE) products run on CUDA cores.
+# Each tile was compiled for sm_80 and sm_90 in every form of the catalogue (causal, windowed,
+# packed, dropout, bool mask, float mask with its gradient, all flags; fp32 causal and all
+# flags; tests/test_attention_compile.py compiles them all) with 0 bytes of stack, and the plain
+# ones with wgmma where head_dim <= 128. Found by compiling candidates in those forms
+# (``fastformer inspect --arch sm_80 sm_90 --op attention``); what spilled:
+# - plain: dk/dv's 64 x 64 at head_dim 64 before sm_90 (44 B, mma.sync), and its 32 x 64 with
+#   4 warps windowed or packed there (28-44 B): both tried from sm_90 only. At 256 no backward
+#   tile with wgmma avoided spills, so the backward takes 32 x 32 (mma.sync) there.
+# - heavy: the plain backward tiles at head_dim 64 before sm_90 (60-544 B), dk/dv 64 x 64 on
+#   sm_90 (112-360 B), dq 64 x 64 at 64 and 128 (28-316 B), the forward's 128 x 64 before sm_90
+#   (60-64 B) and 64 x 32 with 8 warps at 256 (140 B): smaller tiles (32 x 32, 64 x 32), the
+#   larger ones from sm_90 only.
+# - fp32: every bf16 tile (kilobytes): tiles of 16 rows or keys. At head_dim 256 no dk/dv
+#   candidate was spill-free on both architectures, so each has its own (16 x 16 w8 spilled
+#   44 B on sm_90, 16 x 32 w16 24 B before it).
+# The first candidate of each bucket is the default when nothing is tuned.
 GPU_TILES = {
-    "fwd": {
-        64: (Tile(128, 64, 8, 2),),
-        128: (Tile(128, 64, 8, 2), Tile(128, 32, 8, 2)),
-        256: (Tile(64, 32, 8, 1),),
+    "plain": {
+        "fwd": {
+            64: (Tile(128, 64, 8, 2),),
+            128: (Tile(128, 64, 8, 2), Tile(128, 32, 8, 2)),
+            256: (Tile(64, 32, 8, 1),),
+        },
+        "dkdv": {
+            64: (
+                Tile(32, 64, 8, 2),
+                Tile(32, 64, 4, 2, min_capability=_runtime.WGMMA_CAPABILITY),
+                Tile(64, 64, 8, 2, min_capability=_runtime.WGMMA_CAPABILITY),
+            ),
+            128: (Tile(32, 64, 8, 2),),
+            256: (Tile(32, 32, 8, 1),),
+        },
+        "dq": {
+            64: (Tile(64, 64, 4, 2),),
+            128: (Tile(64, 64, 8, 2),),
+            256: (Tile(32, 32, 8, 1),),
+        },
     },
-    "dkdv": {
-        64: (
-            Tile(32, 64, 8, 2),
-            Tile(32, 64, 4, 2),
-            Tile(64, 64, 8, 2, min_capability=_runtime.WGMMA_CAPABILITY),
-        ),
-        128: (Tile(32, 64, 8, 2),),
-        256: (Tile(32, 32, 8, 1),),
+    "heavy": {
+        "fwd": {
+            64: (Tile(64, 32, 4, 2), Tile(128, 64, 8, 2, min_capability=_runtime.WGMMA_CAPABILITY)),
+            128: (Tile(128, 32, 8, 2),),
+            256: (Tile(32, 32, 4, 1),),
+        },
+        "dkdv": {
+            64: (Tile(32, 32, 4, 1), Tile(32, 64, 8, 2, min_capability=_runtime.WGMMA_CAPABILITY)),
+            128: (Tile(32, 32, 8, 1),),
+            256: (Tile(32, 32, 8, 1),),
+        },
+        "dq": {
+            64: (Tile(64, 32, 8, 2),),
+            128: (Tile(32, 64, 8, 1), Tile(64, 32, 8, 1, min_capability=_runtime.WGMMA_CAPABILITY)),
+            256: (Tile(32, 32, 8, 1),),
+        },
     },
-    "dq": {
-        64: (Tile(64, 64, 4, 2),),
-        128: (Tile(64, 64, 8, 2),),
-        256: (Tile(32, 32, 8, 1),),
+    "fp32": {
+        "fwd": {
+            64: (Tile(16, 32, 4, 1), Tile(32, 32, 4, 1, min_capability=_runtime.WGMMA_CAPABILITY)),
+            128: (Tile(16, 32, 4, 1), Tile(16, 16, 4, 1)),
+            256: (Tile(16, 16, 4, 1),),
+        },
+        "dkdv": {
+            64: (Tile(16, 16, 2, 1),),
+            128: (Tile(16, 16, 4, 1),),
+            256: (
+                Tile(16, 16, 8, 1, max_capability=_runtime.WGMMA_CAPABILITY),
+                Tile(16, 32, 16, 1, min_capability=_runtime.WGMMA_CAPABILITY),
+            ),
+        },
+        "dq": {
+            64: (Tile(16, 32, 4, 1),),
+            128: (Tile(16, 32, 4, 1),),
+            256: (Tile(16, 16, 4, 1),),
+        },
     },
 }
+TILE_FORMS = tuple(GPU_TILES)
 # What changes the best (or a valid) tile: the head dim (its bucket), the masking, the layout
 # and the extras. The autotuner adds the tensors' dtypes to the key itself.
 TUNING_KEY = [
@@ -256,39 +318,61 @@ def block_d(head_dim: int) -> int:
     return max(MIN_BLOCK, triton.next_power_of_2(head_dim))
 
 
-def gpu_tiles(which: str, head_dim: int, capability: int) -> list[Tile]:
-    """The candidates of a ``which`` launch at ``head_dim`` on a GPU of compute capability
-    ``capability`` (80: sm_80): its head-dim bucket's tiles that do not spill there."""
-    tiles = GPU_TILES[which][head_dim_bucket(head_dim)]
-    return [tile for tile in tiles if capability >= tile.min_capability]
+def tile_form(*, fp32: bool, mask_kind: int, dropout: bool, mask_grad: bool = False) -> str:
+    """The tile form (a key of ``GPU_TILES``) of a launch with these flags (see there)."""
+    if fp32:
+        return "fp32"
+    if dropout or mask_kind != MASK_NONE or mask_grad:
+        return "heavy"
+    return "plain"
+
+
+def gpu_tiles(which: str, head_dim: int, capability: int, form: str = "plain") -> list[Tile]:
+    """The candidates of a ``which`` launch of tile form ``form`` (``tile_form``) at
+    ``head_dim`` on a GPU of compute capability ``capability`` (80: sm_80): its form's and
+    head-dim bucket's tiles that do not spill there."""
+    tiles = GPU_TILES[form][which][head_dim_bucket(head_dim)]
+    return [tile for tile in tiles if tile.tried_on(capability)]
 
 
 def interpreter_tile(which: str) -> Tile:
     """The interpreter pays for padded work, not launches: small tiles, with the GPU tiles'
     shape (which side is longer), so that tests walk the same block arithmetic."""
-    first = GPU_TILES[which][64][0]
+    first = GPU_TILES["plain"][which][64][0]
     if first.block_m > first.block_n:
         return Tile(2 * MIN_BLOCK, MIN_BLOCK, 4, 1)
     return Tile(MIN_BLOCK, 2 * MIN_BLOCK, 4, 1)
 
 
 def autotuned(kernel, which: str):
-    """``kernel`` under ``triton.autotune`` over its candidates for the call's head-dim bucket
-    and GPU (``gpu_tiles``; one fixed tile under the interpreter, which cannot benchmark). The
+    """``kernel`` under ``triton.autotune`` over its candidates for the call's tile form,
+    head-dim bucket and GPU (``gpu_tiles``; one fixed tile under the interpreter, which cannot
+    benchmark). The tuning key holds every flag the form is read off (and the dtypes). The
     tuning cache is not keyed on the GPU: a process that launches one key on GPUs of two
     architectures keeps the first one's choice."""
     if _runtime.is_interpreted(kernel):
         configs = [interpreter_tile(which).config()]
         prune = None
     else:
-        unique = {tile.key(): tile for tiles in GPU_TILES[which].values() for tile in tiles}
+        unique = {
+            tile.key(): tile
+            for form in GPU_TILES.values()
+            for tiles in form[which].values()
+            for tile in tiles
+        }
         configs = [tile.config() for tile in unique.values()]
 
         def prune(configs, named_args, **kwargs):
             capability = _runtime.launch_capability(named_args)
-            tiles = gpu_tiles(which, named_args["head_dim"], capability)
-            allowed = {tile.key() for tile in tiles}
-            return [c for c in configs if _config_key(c) in allowed]
+            form = tile_form(
+                fp32=bool(kwargs.get("IEEE", False)),
+                mask_kind=kwargs.get("MASK_KIND", MASK_NONE),
+                dropout=bool(kwargs.get("HAS_DROPOUT", False)),
+                mask_grad=bool(kwargs.get("MASK_GRAD", False)),
+            )
+            tiles = gpu_tiles(which, named_args["head_dim"], capability, form)
+            by_key = {_config_key(config): config for config in configs}
+            return [by_key[tile.key()] for tile in tiles]  # in the form's order
 
     options = {"early_config_prune": prune} if prune else None
     return triton.autotune(configs=configs, key=TUNING_KEY, prune_configs_by=options)(kernel)

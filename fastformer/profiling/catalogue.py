@@ -10,8 +10,10 @@ two cannot drift apart:
   form with the most live values); each with the launcher's aligned sizing (hidden sizes that
   are multiples of 16) and its unaligned one (odd hidden sizes: no alignment known);
 - attention: every autotuning candidate a launch may try on each architecture, in every
-  head-dim bucket (``gpu_tiles``; the first is the default), forward, dk/dv and dq, causal, bf16;
-  and the dropout-mask kernel;
+  head-dim bucket (``gpu_tiles`` of the form's tile list; the first is the default), forward,
+  dk/dv and dq, in every form a launch can take (bf16 causal, windowed, packed, dropout, bool
+  mask, float mask with its gradient, all flags; fp32 causal and all flags:
+  ``catalogue_matmul.ATTENTION_FORMS``); and the dropout-mask kernel;
 - linear: every autotuning candidate a launch may try on each architecture (``gpu_tiles`` of
   the kernel, form and compute capability; the first is the default) of the forward (plain GELU;
   gated SiLU storing its pre-activations) and both backward kernels (plain and gated, GELU,

@@ -5,6 +5,7 @@ feed-forward GEMMs), as :class:`~fastformer.profiling.catalogue.Variant` lists (
 
 from __future__ import annotations
 
+import importlib
 from itertools import product
 
 from fastformer.compile_report import signature_of
@@ -52,64 +53,120 @@ _ATTN_FLAGS = dict(
     IEEE=False,
     BF16_RNE=False,
 )
-_ATTN_FORM = "causal bf16"
+_ALL_FLAGS = dict(
+    HAS_DROPOUT=True, HAS_WINDOW=True, BOTTOM_RIGHT=True, MASK_KIND=2, VARLEN=True, MASK_GRAD=True
+)
+# The forms a launch can take, as (dtype, flags); each compiles every tile the
+# autotuner may pick for it (``attention_common.tile_form`` names its tile list). MASK_GRAD
+# (the float mask's gradient) is a dq flag: the other kernels ignore it.
+ATTENTION_FORMS = {
+    "causal bf16": ("bf16", {}),
+    "window bf16": ("bf16", dict(IS_CAUSAL=False, HAS_WINDOW=True)),
+    "varlen bf16": ("bf16", dict(VARLEN=True, BOTTOM_RIGHT=True)),
+    "dropout bf16": ("bf16", dict(HAS_DROPOUT=True)),
+    "bool mask bf16": ("bf16", dict(IS_CAUSAL=False, MASK_KIND=1)),
+    "float mask+grad bf16": ("bf16", dict(IS_CAUSAL=False, MASK_KIND=2, MASK_GRAD=True)),
+    "all flags bf16": ("bf16", _ALL_FLAGS),
+    "causal fp32": ("fp32", dict(IEEE=True)),
+    "all flags fp32": ("fp32", dict(_ALL_FLAGS, IEEE=True)),
+}
 # wgmma tiles 64 rows a warpgroup; at head_dim 256 the tiles that avoid spills are too small.
 _ATTN_WGMMA_MAX_HEAD_DIM = 128
+_ATTN_KERNELS = {
+    "fwd": ("attention_fwd", "_attn_fwd_kernel"),
+    "dkdv": ("attention_bwd", "_attn_bwd_dkdv_kernel"),
+    "dq": ("attention_bwd", "_attn_bwd_dq_kernel"),
+}
+
+
+def attention_form_flags(form: str) -> tuple[str, dict]:
+    """(dtype, constexpr flags) of the attention form ``form`` (a key of ``ATTENTION_FORMS``)."""
+    dtype, flags = ATTENTION_FORMS[form]
+    return dtype, dict(_ATTN_FLAGS, **flags)
+
+
+def attention_variant(which, head_dim, tile, form, *, capabilities=(0, None), default=True):
+    """The ``which`` kernel ("fwd", "dkdv", "dq") at ``tile`` for the head-dim bucket
+    ``head_dim``, in the form ``form``."""
+    from fastformer.kernels import attention_common
+
+    module, name = _ATTN_KERNELS[which]
+    kernel = getattr(importlib.import_module(f"fastformer.kernels.{module}"), name)
+    dtype, flags = attention_form_flags(form)
+    mask_grad = flags.pop("MASK_GRAD", False)
+    constexprs = dict(
+        flags,
+        BLOCK_M=tile.block_m,
+        BLOCK_N=tile.block_n,
+        BLOCK_D=attention_common.block_d(head_dim),
+    )
+    if which == "dq":
+        constexprs["MASK_GRAD"] = mask_grad
+    constexprs.update(unit_strides(kernel, _ATTN_UNIT))
+    pointers = dict(_ATTN_POINTERS)
+    if flags["MASK_KIND"] == attention_common.MASK_FLOAT:
+        pointers["mask_ptr"] = "fp32"
+    signature = signature_of(
+        kernel,
+        constexprs,
+        pointers,
+        dtype,
+        float_args=("sm_scale", "sm_scale_log2", "dropout_p"),
+        int64_args=("seed",),
+    )
+    attrs = divisible_attrs(
+        kernel, signature, lambda n: not (pointer_or_stride(n) or n == "head_dim")
+    )
+    config = f"d{head_dim}: {tile.block_m}x{tile.block_n} w{tile.num_warps} s{tile.num_stages}"
+    return Variant(
+        "attention",
+        kernel.__name__,
+        config,
+        form,
+        kernel,
+        signature,
+        constexprs,
+        attrs,
+        tile.num_warps,
+        tile.num_stages,
+        default=default,
+        matmul=dtype != "fp32",  # fp32 products are IEEE: CUDA cores
+        wgmma=head_dim <= _ATTN_WGMMA_MAX_HEAD_DIM
+        and attention_common.tile_form(**_form_flags(dtype, flags, mask_grad)) == "plain",
+        capabilities=capabilities,
+    )
+
+
+def _form_flags(dtype: str, flags: dict, mask_grad: bool) -> dict:
+    """``attention_common.tile_form``'s arguments for a form."""
+    return dict(
+        fp32=dtype == "fp32",
+        mask_kind=flags["MASK_KIND"],
+        dropout=flags["HAS_DROPOUT"],
+        mask_grad=mask_grad,
+    )
 
 
 def attention_variants() -> list[Variant]:
-    from fastformer.kernels import attention_bwd, attention_common, attention_fwd
+    from fastformer.kernels import attention_common
 
-    kernels = {
-        "fwd": attention_fwd._attn_fwd_kernel,
-        "dkdv": attention_bwd._attn_bwd_dkdv_kernel,
-        "dq": attention_bwd._attn_bwd_dq_kernel,
-    }
     variants = []
-    for (which, kernel), capabilities in product(kernels.items(), ARCH_RANGES):
-        for head_dim in attention_common.GPU_TILES[which]:
-            tiles = attention_common.gpu_tiles(which, head_dim, capabilities[0])
+    for form, which, capabilities in product(ATTENTION_FORMS, _ATTN_KERNELS, ARCH_RANGES):
+        dtype, flags = attention_form_flags(form)
+        tiles_form = attention_common.tile_form(
+            **_form_flags(dtype, flags, flags.get("MASK_GRAD", False))
+        )
+        for head_dim in attention_common.GPU_TILES[tiles_form][which]:
+            tiles = attention_common.gpu_tiles(which, head_dim, capabilities[0], tiles_form)
             for index, tile in enumerate(tiles):
-                constexprs = dict(
-                    _ATTN_FLAGS,
-                    BLOCK_M=tile.block_m,
-                    BLOCK_N=tile.block_n,
-                    BLOCK_D=attention_common.block_d(head_dim),
-                )
-                if which == "dq":
-                    constexprs["MASK_GRAD"] = False
-                constexprs.update(unit_strides(kernel, _ATTN_UNIT))
-                signature = signature_of(
-                    kernel,
-                    constexprs,
-                    _ATTN_POINTERS,
-                    "bf16",
-                    float_args=("sm_scale", "sm_scale_log2", "dropout_p"),
-                    int64_args=("seed",),
-                )
-                attrs = divisible_attrs(
-                    kernel, signature, lambda n: not (pointer_or_stride(n) or n == "head_dim")
-                )
-                config = (
-                    f"d{head_dim}: {tile.block_m}x{tile.block_n} w{tile.num_warps} "
-                    f"s{tile.num_stages}"
-                )
                 variants.append(
-                    Variant(
-                        "attention",
-                        kernel.__name__,
-                        config,
-                        _ATTN_FORM,
-                        kernel,
-                        signature,
-                        constexprs,
-                        attrs,
-                        tile.num_warps,
-                        tile.num_stages,
-                        default=index == 0,
-                        matmul=True,
-                        wgmma=head_dim <= _ATTN_WGMMA_MAX_HEAD_DIM,
+                    attention_variant(
+                        which,
+                        head_dim,
+                        tile,
+                        form,
                         capabilities=capabilities,
+                        default=index == 0,
                     )
                 )
     kernel = attention_common._dropout_mask_kernel
