@@ -92,7 +92,9 @@ def scores(
             bias = tl.load(mask_ptrs, mask=in_bounds, other=0.0).to(tl.float32)
             # Clamp finite biases (finfo.min paddings) so that x log2(e) stays finite: such a
             # row then averages its keys, as eager does; -inf stays -inf (the key is unseen).
-            bias = tl.where(bias == float("-inf"), bias, tl.maximum(bias, -1.0e38))
+            # NaN stays NaN (the GPU's max would otherwise drop it).
+            clamped = tl.maximum(bias, -1.0e38, propagate_nan=tl.PropagateNan.ALL)
+            bias = tl.where(bias == float("-inf"), bias, clamped)
             s = s + bias * 1.4426950408889634  # log2(e): base-2 units
     return tl.where(valid, s, float("-inf"))
 
