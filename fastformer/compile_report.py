@@ -37,6 +37,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from fastformer.compile_rules import WARP_SIZE, problems
+
 # 16-byte (128-bit) global accesses in PTX: four 32-bit or two 64-bit lanes, with any cache
 # qualifiers before the vector width; cp.async copies of 16 bytes (0x10) into shared memory.
 _PTX_VECTOR16 = r"(?:\.[\w:]+)*\.(?:v4\.[bfus]32|v2\.[bfus]64)\b"
@@ -52,7 +54,6 @@ _PTXAS_FRAME = re.compile(
     r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
 )
 _PTXAS_REGS = re.compile(r"Used (\d+) registers")
-WARP_SIZE = 32  # threads per warp on every NVIDIA architecture
 
 
 def _tool(name: str) -> str:
@@ -319,28 +320,4 @@ def failures(records: list[dict]) -> list[str]:
         issues = problems(record)
         if issues:
             found.append(f"{record_key(record)}: {'; '.join(issues)}")
-    return found
-
-
-def problems(record: dict) -> list[str]:
-    """What a record breaks: a compile error, spills in a kernel held to none, shared memory
-    over the per-block limit, a matrix kernel without tensor-core instructions, a large-tile
-    one without wgmma where the architecture has it."""
-    if record["error"]:
-        return [f"does not compile: {record['error']}"]
-    found = []
-    if record["spill_free"] and (
-        record["spill_stores"] or record["spill_loads"] or record["local"]
-    ):
-        found.append(
-            f"spills {record['spill_stores']} B stored, {record['spill_loads']} B loaded"
-            + (f", {record['local']} B local" if record["local"] else "")
-        )
-    shared = record["shared"] + record["static_shared"]
-    if shared > record["smem_limit"]:
-        found.append(f"shared memory {shared} B > {record['smem_limit']} B a block")
-    if record["matmul"] and not (record["mma"] or record["wgmma"]):
-        found.append("no tensor-core instruction (mma, wgmma)")
-    if record["wgmma_expected"] and not record["wgmma"]:
-        found.append("no wgmma on a tile large enough for it")
     return found

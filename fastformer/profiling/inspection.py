@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from fastformer.compile_report import problems
+from fastformer.compile_rules import problems
 from fastformer.profiling import occupancy as occ
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fastformer.compile_report import WARP_SIZE
+from fastformer.compile_rules import WARP_SIZE
 
 KIB = 1024
 REGS_PER_SM = 65536  # 32-bit registers per SM (64K), compute capability 5.0 to 10.x
