@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastformer._interpreter import kernels_defined
 from fastformer.benchmarks.counts import MODES
 
 logger = logging.getLogger(__name__)
@@ -135,18 +136,6 @@ def add_parser(commands) -> None:
     bench.set_defaults(func=run)
 
 
-def _kernels_defined_for_gpu() -> bool:
-    """Whether fastformer's kernels were already defined outside Triton's interpreter."""
-    from triton.runtime import JITFunction
-
-    return any(
-        isinstance(value, JITFunction)
-        for name, module in list(sys.modules.items())
-        if name.startswith("fastformer.kernels.") and module is not None
-        for value in vars(module).values()
-    )
-
-
 def _shapes(args, default_shapes):
     if args.rows is None and args.cols is None:
         return None
@@ -240,7 +229,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
-        if _kernels_defined_for_gpu():
+        if kernels_defined(interpreted=False):
             print(
                 "error: no CUDA device, and fastformer's kernels were already defined for a GPU "
                 "in this process; run `fastformer bench` in a fresh process",

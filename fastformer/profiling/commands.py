@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from fastformer._interpreter import kernels_defined
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 2  # what was asked for cannot run here (a missing part, no compiler)
@@ -73,17 +75,6 @@ def _add_inspect(commands) -> None:
     parser.set_defaults(func=run_inspect)
 
 
-def _interpreted_kernels_loaded() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return any(
-        isinstance(value, InterpretedFunction)
-        for name, module in list(sys.modules.items())
-        if name.startswith("fastformer.kernels.") and module is not None
-        for value in vars(module).values()
-    )
-
-
 def run_inspect(args: argparse.Namespace, argv=None) -> int:
     # The kernels must be defined for a GPU: drop the interpreter before they are imported.
     os.environ.pop("TRITON_INTERPRET", None)
@@ -94,7 +85,7 @@ def run_inspect(args: argparse.Namespace, argv=None) -> int:
     except ImportError:
         print("error: this triton has no NVIDIA backend to compile with", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    if _interpreted_kernels_loaded():
+    if kernels_defined(interpreted=True):
         print(
             "error: fastformer's kernels were already defined under Triton's interpreter in "
             "this process; run `fastformer inspect` in a fresh process",
@@ -190,17 +181,6 @@ def _add_profile(commands) -> None:
     parser.set_defaults(func=run_profile)
 
 
-def _kernels_defined_for_gpu() -> bool:
-    from triton.runtime import JITFunction
-
-    return any(
-        isinstance(value, JITFunction)
-        for name, module in list(sys.modules.items())
-        if name.startswith("fastformer.kernels.") and module is not None
-        for value in vars(module).values()
-    )
-
-
 def _target(args, device, dtype):
     from fastformer.profiling import targets
 
@@ -221,7 +201,7 @@ def run_profile(args: argparse.Namespace, argv=None) -> int:
 
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
-        if _kernels_defined_for_gpu():
+        if kernels_defined(interpreted=False):
             print("error: no CUDA device, and fastformer's kernels were already defined for a "
                   "GPU in this process; run `fastformer profile` in a fresh process",
                   file=sys.stderr)  # fmt: skip
