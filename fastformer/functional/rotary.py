@@ -240,7 +240,10 @@ def _check_inv_freq(inv_freq, q, rotary_dim):
     if rotary_dim <= 0 or rotary_dim % 2:
         raise ValueError(f"rotary_dim={rotary_dim} must be even and positive")
     if rotary_dim > head_dim:
-        raise ValueError(f"rotary_dim={rotary_dim} is larger than head_dim={head_dim}")
+        raise ValueError(
+            f"rotary_dim={rotary_dim} is larger than head_dim={head_dim} "
+            f"(inv_freq.numel()={inv_freq.numel()}; rotary_dim defaults to 2 * inv_freq.numel())"
+        )
     if rotary_dim != implied:
         raise ValueError(f"rotary_dim={rotary_dim} must equal 2 * inv_freq.numel()={implied}")
 
