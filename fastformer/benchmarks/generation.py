@@ -63,6 +63,7 @@ from fastformer.benchmarks.runner import (
     Row,
     add_speedups,
     make_row,
+    timed_row,
 )
 
 logger = logging.getLogger(__name__)
@@ -396,21 +397,17 @@ def provider_rows(case, provider, device, ids, token, reference) -> list[Row]:
         rows = []
         for mode in modes:
             call = session.step if mode == DECODE else session.prefill
-            kwargs = dict(cpu_min_reps=CPU_MIN_REPS, cpu_warmup_calls=CPU_WARMUP_CALLS)
-            median, q20, q80 = devices.time_ms(call, device, **kwargs)
             rows.append(
-                make_row(
+                timed_row(
                     case,
                     mode,
                     provider,
                     device,
-                    median_ms=median,
-                    q20_ms=q20,
-                    q80_ms=q80,
-                    peak_mib=devices.peak_memory_mib(call, device),
-                    ok=True,
+                    call,
                     detail=detail,
-                    tokens_per_s=_tokens_per_s(mode, case, median),
+                    rate=lambda ms, mode=mode: {"tokens_per_s": _tokens_per_s(mode, case, ms)},
+                    cpu_min_reps=CPU_MIN_REPS,
+                    cpu_warmup_calls=CPU_WARMUP_CALLS,
                 )  # fmt: skip
             )
         return rows

@@ -56,6 +56,7 @@ from fastformer.benchmarks.runner import (
     make_row,
     rates,
     step_label,
+    timed_row,
 )
 
 logger = logging.getLogger(__name__)
@@ -205,25 +206,22 @@ def _provider_rows(case, provider, modes, device, inputs, reference, env) -> lis
         for mode in modes:
             grad_out = output_gradient(reference[0], device) if mode == "fwd+bwd" else None
             call, leaves = timed_call(case, mode, model, inputs, grad_out)
-            kwargs = dict(cpu_min_reps=CPU_MIN_REPS, cpu_warmup_calls=CPU_WARMUP_CALLS)
-            median, q20, q80 = devices.time_ms(call, device, leaves, **kwargs)
-            peak_mib = devices.peak_memory_mib(call, device, leaves)
             flops = model_flops(case.fwd_flops, mode)
-            found = rates(device, median, 0, flops, env.peak_gbps, env.peak_tflops)
             rows.append(
-                make_row(
+                timed_row(
                     case,
                     mode,
                     provider,
                     device,
-                    median_ms=median,
-                    q20_ms=q20,
-                    q80_ms=q80,
-                    peak_mib=peak_mib,
-                    ok=True,
+                    call,
+                    leaves,
                     detail=result.detail,
-                    **found,
-                )
+                    rate=lambda ms, flops=flops: rates(
+                        device, ms, 0, flops, env.peak_gbps, env.peak_tflops
+                    ),
+                    cpu_min_reps=CPU_MIN_REPS,
+                    cpu_warmup_calls=CPU_WARMUP_CALLS,
+                )  # fmt: skip
             )
         return rows
     except Exception as error:  # a provider that fails to build or run fails its rows

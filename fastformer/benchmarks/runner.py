@@ -249,6 +249,29 @@ def make_row(case, mode: str, provider: str, device: torch.device, **fields) -> 
     )
 
 
+def timed_row(
+    case,
+    mode: str,
+    provider: str,
+    device: torch.device,
+    call: Callable[[], object],
+    leaves: Sequence[torch.Tensor] = (),
+    *,
+    detail: str,
+    rate: Callable[[float], dict] | None = None,
+    **time_options,
+) -> Row:
+    """Time ``call`` (median and 20/80 quantiles; ``leaves``' gradients cleared before each
+    call), read the peak memory of one more call, and make the passing row; ``rate(median)``
+    gives the throughput fields, ``time_options`` go to :func:`device.time_ms`."""
+    median, q20, q80 = devices.time_ms(call, device, leaves, **time_options)
+    peak_mib = devices.peak_memory_mib(call, device, leaves)
+    return make_row(
+        case, mode, provider, device, median_ms=median, q20_ms=q20, q80_ms=q80,
+        peak_mib=peak_mib, ok=True, detail=detail, **(rate(median) if rate else {}),
+    )  # fmt: skip
+
+
 def rates(
     device: torch.device,
     median_ms: float,
@@ -308,31 +331,23 @@ def run_case(
             call = timed_call(case, provider, mode, prepared)
             result = check(case, provider, prepared)
             if result.ok:
-                median, q20, q80 = devices.time_ms(call, device, prepared.leaves)
-                peak_mib = devices.peak_memory_mib(call, device, prepared.leaves)
+                rows.append(
+                    timed_row(
+                        case,
+                        mode,
+                        provider,
+                        device,
+                        call,
+                        prepared.leaves,
+                        detail=result.detail,
+                        rate=lambda ms: rates(device, ms, n_bytes, n_flops, peak_gbps, peak_tflops),
+                    )  # fmt: skip
+                )
+                continue
         except Exception as error:  # a provider that fails to run fails its row
             result = CheckResult(False, f"raised {type(error).__name__}: {error}")
-        if not result.ok:
-            logger.info(
-                "%s %s %s %s failed: %s", case.op, case.shape, mode, provider, result.detail
-            )
-            rows.append(make_row(case, mode, provider, device, ok=False, detail=result.detail))
-            continue
-        rows.append(
-            make_row(
-                case,
-                mode,
-                provider,
-                device,
-                median_ms=median,
-                q20_ms=q20,
-                q80_ms=q80,
-                peak_mib=peak_mib,
-                ok=True,
-                detail=result.detail,
-                **rates(device, median, n_bytes, n_flops, peak_gbps, peak_tflops),
-            )
-        )
+        logger.info("%s %s %s %s failed: %s", case.op, case.shape, mode, provider, result.detail)
+        rows.append(make_row(case, mode, provider, device, ok=False, detail=result.detail))
     add_speedups(rows)
     return rows
 
