@@ -69,7 +69,7 @@ def test_autotuner_offers_each_launch_only_its_gpus_tiles(tmp_path):
     script = r"""
 import json
 import torch
-from fastformer.kernels import linear
+from fastformer.kernels import linear, linear_tiles
 answer = {}
 torch.cuda.get_device_capability = lambda device=None: answer["capability"]
 out = {}
@@ -79,9 +79,9 @@ for tuner in (linear._fwd, linear._bwd_dx, linear._bwd_dw):
         answer["capability"] = (major, 0)
         for gated in (False, True):
             tuner.nargs = {tuner.arg_names[0]: torch.empty(1)}
-            got = [linear._config_id(c) for c in tuner.prune_configs({"IS_GATED": gated})]
+            got = [linear_tiles.config_id(c) for c in tuner.prune_configs({"IS_GATED": gated})]
             tiles = linear.gpu_tiles(name, gated, 10 * major)
-            want = [linear._config_id(tile.config()) for tile in tiles]
+            want = [linear_tiles.config_id(tile.config()) for tile in tiles]
             out[f"{name} sm_{major}0 gated={gated}"] = got == want and len(got) >= 4
 print(json.dumps(out))
 """

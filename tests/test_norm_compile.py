@@ -51,14 +51,14 @@ def test_launches_take_the_sizing_their_specialisation_was_compiled_with():
     one, whose tiles the compile test holds to no spills without any alignment known."""
     import torch
 
-    from fastformer.kernels import _runtime, norm
+    from fastformer.kernels import _runtime, norm_sizing
 
     def sizing(x, weight=None):
-        return norm._sizing(x.shape[-1], (_runtime.as_rows(x, 1),), (weight,))
+        return norm_sizing.sizing(x.shape[-1], (_runtime.as_rows(x, 1),), (weight,))
 
     x = torch.randn(6, 4, 64)
-    assert sizing(x, torch.randn(64)) is norm.ALIGNED_SIZING
-    assert sizing(x.transpose(0, 1)) is norm.ALIGNED_SIZING  # row strides 256 and 64
+    assert sizing(x, torch.randn(64)) is norm_sizing.ALIGNED_SIZING
+    assert sizing(x.transpose(0, 1)) is norm_sizing.ALIGNED_SIZING  # row strides 256 and 64
     unaligned = [
         torch.randn(6, 1000),  # width (and row stride) not a multiple of 16
         torch.randn(6, 65)[:, :64],  # row stride 65
@@ -67,6 +67,9 @@ def test_launches_take_the_sizing_their_specialisation_was_compiled_with():
         torch.randn(6, 7),
     ]
     for tensor in unaligned:
-        assert sizing(tensor) is norm.UNALIGNED_SIZING, tensor.stride()
-    assert sizing(x, torch.randn(128)[::2]) is norm.UNALIGNED_SIZING  # strided weight
-    assert norm.UNALIGNED_SIZING.max_fused_cols_bwd < norm.ALIGNED_SIZING.max_fused_cols_bwd
+        assert sizing(tensor) is norm_sizing.UNALIGNED_SIZING, tensor.stride()
+    assert sizing(x, torch.randn(128)[::2]) is norm_sizing.UNALIGNED_SIZING  # strided weight
+    assert (
+        norm_sizing.UNALIGNED_SIZING.max_fused_cols_bwd
+        < norm_sizing.ALIGNED_SIZING.max_fused_cols_bwd
+    )

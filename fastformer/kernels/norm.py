@@ -32,47 +32,13 @@ With a residual, the gradient arriving on ``h`` is added to dh; x and the residu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from fastformer.kernels import _runtime
 from fastformer.kernels._jit import rounded_for_store, row_offset
-
-# Widest row the fused forward holds in registers whole (elements; the backward's: Sizing); wider
-# rows take the looping kernels. Read off the sm_90 compile (bf16, 16 warps): one step wider
-# spills (the backward, with more live vectors, holds 8192).
-MAX_FUSED_COLS = 16384
-MAX_WARPS = 16
-ALIGNMENT = 16  # Triton's launcher marks pointers, sizes and strides divisible by 16
-
-
-@dataclass(frozen=True)
-class Sizing:
-    """How a launch sizes its programs (elements). Aligned launches (``_sizing``) move 16 bytes
-    an access, 8 elements a thread. Others load element by element, with mask and address
-    registers per element: at 8 a thread they spilled on sm_80 (up to 208 B), so they take 4
-    and the backward loops from 4097 columns (tests/test_norm_compile.py compiles both)."""
-
-    tile_elements: int  # a fused program's elements (narrow rows stacked up to it)
-    elements_per_warp: int  # sizes num_warps
-    max_fused_cols_bwd: int  # widest row the fused backward holds whole
-    long_row_block: int  # chunk width of the looping kernels
-
-    def warps(self, elements: int) -> int:
-        return min(max(elements // self.elements_per_warp, 1), MAX_WARPS)
-
-    def fused(self, n_cols: int) -> tuple[int, int, int]:
-        """(BLOCK_M, BLOCK_N, num_warps) for rows held in registers whole."""
-        block_n = triton.next_power_of_2(max(n_cols, 1))
-        block_m = max(1, self.tile_elements // block_n)
-        return block_m, block_n, self.warps(block_m * block_n)
-
-
-ALIGNED_SIZING = Sizing(4096, 256, 8192, 4096)
-UNALIGNED_SIZING = Sizing(2048, 128, 4096, 2048)
+from fastformer.kernels.norm_sizing import MAX_FUSED_COLS, sizing
 
 
 @triton.jit
@@ -451,22 +417,6 @@ def _norm_bwd_long_row_kernel(
                 tl.store(db_row + offs_n, db + dy, mask=mask_n)
 
 
-def _sizing(n_cols: int, rows, vectors) -> Sizing:
-    """ALIGNED_SIZING where the launcher specialises a launch as aligned: the width, row strides
-    and pointers multiples of 16, unit column strides (rows: Rows, vectors: (n_cols,); None:
-    unused); UNALIGNED_SIZING otherwise."""
-    rows = [r for r in rows if r is not None]
-    vectors = [t for t in vectors if t is not None]
-    aligned = (
-        n_cols % ALIGNMENT == 0
-        and all(r.stride_col == 1 and r.stride_outer % ALIGNMENT == 0 for r in rows)
-        and all(r.stride_inner % ALIGNMENT == 0 for r in rows)
-        and all(t.stride(-1) == 1 for t in vectors)
-        and all(t.data_ptr() % ALIGNMENT == 0 for t in [r.tensor for r in rows] + vectors)
-    )
-    return ALIGNED_SIZING if aligned else UNALIGNED_SIZING
-
-
 def norm_fwd(
     x: _runtime.Rows,
     weight: torch.Tensor | None,
@@ -529,19 +479,19 @@ def norm_fwd(
         HAS_BIAS=bias is not None and not is_rms,
         BF16_RNE=_runtime.software_bf16_rounding(_norm_fwd_kernel, dtype),
     )
-    sizing = _sizing(n_cols, (x, residual), (weight, bias))
+    sizes = sizing(n_cols, (x, residual), (weight, bias))
     if n_cols <= MAX_FUSED_COLS:
         _runtime.check_runnable(_norm_fwd_kernel, "x", x.tensor)
-        block_m, block_n, num_warps = sizing.fused(n_cols)
+        block_m, block_n, num_warps = sizes.fused(n_cols)
         grid = (triton.cdiv(n_rows, block_m),)
         _norm_fwd_kernel[grid](
             *args, **flags, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps
         )
     else:
         _runtime.check_runnable(_norm_fwd_long_row_kernel, "x", x.tensor)
-        block_n = sizing.long_row_block
+        block_n = sizes.long_row_block
         _norm_fwd_long_row_kernel[(n_rows,)](
-            *args, **flags, BLOCK_N=block_n, num_warps=sizing.warps(block_n)
+            *args, **flags, BLOCK_N=block_n, num_warps=sizes.warps(block_n)
         )
     return y, h, mean, rstd
 
@@ -577,16 +527,16 @@ def norm_bwd(
         zeros = torch.zeros(n_cols, dtype=torch.float32, device=device)
         return dx, (zeros if compute_dw else None), (zeros.clone() if compute_db else None)
 
-    sizing = _sizing(n_cols, (dy, x, dh), (weight,))
-    fused = n_cols <= sizing.max_fused_cols_bwd
+    sizes = sizing(n_cols, (dy, x, dh), (weight,))
+    fused = n_cols <= sizes.max_fused_cols_bwd
     if fused:
         kernel = _norm_bwd_kernel
-        block_m, block_n, num_warps = sizing.fused(n_cols)
+        block_m, block_n, num_warps = sizes.fused(n_cols)
         n_blocks = triton.cdiv(n_rows, block_m)
     else:
         kernel = _norm_bwd_long_row_kernel
-        block_m, block_n, n_blocks = 1, sizing.long_row_block, n_rows
-        num_warps = sizing.warps(block_n)
+        block_m, block_n, n_blocks = 1, sizes.long_row_block, n_rows
+        num_warps = sizes.warps(block_n)
     _runtime.check_runnable(kernel, "x", x.tensor)
     # Whole row blocks per program, so that no two programs share a block.
     blocks_per_program = triton.cdiv(n_blocks, min(n_blocks, _runtime.max_programs(device)))

@@ -155,12 +155,15 @@ def _norm_widths(limit: int, aligned: bool) -> list[int]:
 
 
 def norm_variants() -> list[Variant]:
-    from fastformer.kernels import norm
+    from fastformer.kernels import norm, norm_sizing
 
     variants = []
-    for aligned, sizing in ((True, norm.ALIGNED_SIZING), (False, norm.UNALIGNED_SIZING)):
+    for aligned, sizing in (
+        (True, norm_sizing.ALIGNED_SIZING),
+        (False, norm_sizing.UNALIGNED_SIZING),
+    ):
         for kernel, flags, limit in (
-            (norm._norm_fwd_kernel, _NORM_FWD, norm.MAX_FUSED_COLS),
+            (norm._norm_fwd_kernel, _NORM_FWD, norm_sizing.MAX_FUSED_COLS),
             (norm._norm_bwd_kernel, _NORM_BWD, sizing.max_fused_cols_bwd),
         ):
             for n_cols in _norm_widths(limit, aligned):
