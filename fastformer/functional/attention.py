@@ -31,7 +31,7 @@ import operator
 
 import torch
 
-from fastformer.functional import _autograd, _checks, _ranges
+from fastformer.functional import _autograd, _checks, _library, _ranges
 from fastformer.kernels import attention_common as common
 from fastformer.kernels.attention_bwd import attention_bwd
 from fastformer.kernels.attention_fwd import attention_fwd, default_scale
@@ -41,30 +41,161 @@ ALIGNMENTS = ("top_left", "bottom_right")
 MAX_SEED = 2**62
 
 
-class _AttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, mask, problem, options, want_lse):
-        o, m, log2l = attention_fwd(q, k, v, problem, mask=mask, **options)
-        ctx.save_for_backward(q, k, v, o, m, log2l, mask)
-        ctx.problem, ctx.options = problem, options
-        ctx.set_materialize_grads(False)
-        if not want_lse:  # no extra pass over the statistics when nobody asked for them
-            return o, None
-        lse = torch.where(torch.isinf(m), m, m + log2l)  # base 2; +inf: the row saw no key
-        return o, lse
+def _problem(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) -> common.Problem:
+    """The call as the kernels see it; packed offsets are checked here, on the host (one sync),
+    so that a bad one is refused, not obeyed."""
+    if cu_seqlens_q is None:
+        return common.Problem(*q.shape[:2], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
+    cu_q, max_q = _check_offsets("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+    cu_k, max_k = _check_offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+    if cu_q.numel() != cu_k.numel():
+        raise ValueError(
+            f"cu_seqlens_q has {cu_q.numel()} offsets but cu_seqlens_k has {cu_k.numel()}; "
+            "expected one per sequence boundary in both"
+        )
+    return common.Problem(cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2],
+                          cu_q, cu_k)  # fmt: skip
 
-    @staticmethod
-    def backward(ctx, do, dlse):
-        _autograd.refuse_double_backward("attention")
-        q, k, v, o, m, log2l, mask = ctx.saved_tensors
-        if do is None:
-            do = torch.zeros_like(o)
-        mask_grad = ctx.needs_input_grad[3]
-        dq, dk, dv, dmask = attention_bwd(
-            do, q, k, v, o, m, log2l, ctx.problem, mask=mask, mask_grad=mask_grad, dlse=dlse,
-            **ctx.options,
-        )  # fmt: skip
-        return dq, dk, dv, dmask, None, None, None
+
+def _kernel_options(seed, mask_kind, scale, is_causal, bottom_right, dropout_p, window) -> dict:
+    """What the kernels need besides the tensors, for the forward and again the backward."""
+    return dict(
+        mask_kind=mask_kind,
+        scale=scale,
+        is_causal=is_causal,
+        bottom_right=bottom_right,
+        dropout_p=dropout_p,
+        seed=int(seed.item()) if seed is not None else 0,
+        window=tuple(window) if window else None,
+    )
+
+
+@torch.library.custom_op(_library.name("attention_fwd"), mutates_args=())
+def _attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    max_seqlen_q: int | None,
+    max_seqlen_k: int | None,
+    seed: torch.Tensor | None,
+    mask_kind: int,
+    scale: float,
+    is_causal: bool,
+    bottom_right: bool,
+    dropout_p: float,
+    window: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, m, log2l): the output and the base-2 row statistics (lse = m + log2l). ``seed``:
+    a one-element int64 tensor when ``dropout_p > 0``; ``window``: [left, right] or []."""
+    problem = _problem(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    options = _kernel_options(seed, mask_kind, scale, is_causal, bottom_right, dropout_p, window)
+    return attention_fwd(q, k, v, problem, mask=mask, **options)
+
+
+@_attention_fwd.register_fake
+def _(q, k, v, mask, cu_seqlens_q, *_):
+    packed = cu_seqlens_q is not None
+    stats_shape = (q.shape[0], q.shape[1]) if packed else q.shape[:3]
+    stats = q.new_empty(stats_shape, dtype=torch.float32)
+    return q.new_empty(q.shape), stats, stats.clone()
+
+
+@torch.library.custom_op(_library.name("attention_bwd"), mutates_args=())
+def _attention_bwd(
+    do: torch.Tensor,
+    dlse: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    m: torch.Tensor,
+    log2l: torch.Tensor,
+    mask: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    max_seqlen_q: int | None,
+    max_seqlen_k: int | None,
+    seed: torch.Tensor | None,
+    mask_kind: int,
+    scale: float,
+    is_causal: bool,
+    bottom_right: bool,
+    dropout_p: float,
+    window: list[int],
+    mask_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dmask); dmask is empty unless ``mask_grad``."""
+    problem = _problem(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    options = _kernel_options(seed, mask_kind, scale, is_causal, bottom_right, dropout_p, window)
+    dq, dk, dv, dmask = attention_bwd(
+        do, q, k, v, o, m, log2l, problem, mask=mask, mask_grad=mask_grad, dlse=dlse, **options
+    )
+    return dq, dk, dv, dmask if dmask is not None else _library.nothing(m)
+
+
+@_attention_bwd.register_fake
+def _(do, dlse, q, k, v, o, m, log2l, mask, *args):
+    mask_grad = args[-1]
+    dmask = mask.new_empty(mask.shape) if mask_grad else _library.nothing(m)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
+
+
+_SAVED = ("q", "k", "v", "o", "m", "log2l", "mask", "cu_seqlens_q", "cu_seqlens_k", "seed")
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, cu_q, cu_k, max_q, max_k, seed, *options = inputs
+    o, m, log2l = output
+    ctx.save_for_backward(q, k, v, o, m, log2l, mask, cu_q, cu_k, seed)
+    ctx.max_seqlens, ctx.options = (max_q, max_k), options
+    ctx.mark_non_differentiable(m)  # the log-sum-exp's gradient arrives on log2l
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, do, _dm, dlog2l):
+    _autograd.refuse_double_backward("attention")
+    q, k, v, o, m, log2l, mask, cu_q, cu_k, seed = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros_like(o)
+    mask_grad = ctx.needs_input_grad[3]
+    dq, dk, dv, dmask = _attention_bwd(
+        do, dlog2l, q, k, v, o, m, log2l, mask, cu_q, cu_k, *ctx.max_seqlens, seed, *ctx.options,
+        mask_grad,
+    )  # fmt: skip
+    return (dq, dk, dv, dmask if mask_grad else None, *[None] * 11)
+
+
+_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _seed() -> torch.Tensor:
+    """A dropout seed from torch's default generator, as a tensor the kernel op reads when it
+    runs (no host sync while tracing): ``torch.manual_seed`` reproduces it, and every call
+    draws a new one."""
+    return torch.randint(0, MAX_SEED, (1,))
+
+
+def draw_seed() -> int:
+    """The seed a call with dropout draws, as an int: after the same ``torch.manual_seed``,
+    ``attention_common.dropout_mask(draw_seed(), ...)`` rebuilds the mask that call used."""
+    return int(_seed().item())
+
+
+def _attend(q, k, v, mask, cu_seqlens, max_seqlens, mask_kind, scale, is_causal,
+            causal_alignment, dropout_p, window, return_lse):  # fmt: skip
+    """One kernel call; the output, and with ``return_lse`` the natural log-sum-exp."""
+    seed = _seed() if dropout_p > 0 else None
+    o, m, log2l = _attention_fwd(
+        q, k, v, mask, *cu_seqlens, *max_seqlens, seed, mask_kind, scale, bool(is_causal),
+        causal_alignment == "bottom_right", dropout_p, list(window) if window else [],
+    )  # fmt: skip
+    if not return_lse:  # no extra pass over the statistics when nobody asked for them
+        return o, None
+    lse = torch.where(torch.isinf(m), m, m + log2l)  # base 2; +inf: the row saw no key
+    return o, _natural_lse(lse)
 
 
 def _check_qkv(q, k, v) -> None:
@@ -159,12 +290,6 @@ def _check_dropout(dropout_p) -> float:
     return float(dropout_p)
 
 
-def draw_seed() -> int:
-    """A dropout seed from torch's default generator: ``torch.manual_seed`` reproduces it, and
-    every call draws a new one."""
-    return int(torch.randint(0, MAX_SEED, (1,)).item())
-
-
 def _check_window(window) -> tuple[int, int] | None:
     if window is None:
         return None
@@ -180,25 +305,11 @@ def _check_window(window) -> tuple[int, int] | None:
     return (int(window[0]), int(window[1]))
 
 
-def _options(mask_kind, scale, is_causal, causal_alignment, dropout_p, window) -> dict:
-    """What the kernels need besides the tensors, for the forward and again the backward."""
-    return dict(
-        window=window,
-        mask_kind=mask_kind,
-        scale=scale,
-        is_causal=bool(is_causal),
-        bottom_right=causal_alignment == "bottom_right",
-        dropout_p=dropout_p,
-        seed=draw_seed() if dropout_p > 0 else 0,
-    )
-
-
 def _natural_lse(lse: torch.Tensor) -> torch.Tensor:
     """The kernels' base-2 log-sum-exp (+inf for rows without a key) in torch's convention."""
     return torch.where(torch.isinf(lse), float("-inf"), lse * math.log(2.0))
 
 
-@torch.compiler.disable
 @_ranges.named_op("scaled_dot_product_attention")
 def scaled_dot_product_attention(
     q: torch.Tensor,
@@ -260,22 +371,20 @@ def scaled_dot_product_attention(
     dropout_p = _check_dropout(dropout_p)
     window = _check_window(window)
     scale = _check_options(causal_alignment, scale, q.shape[-1])
-    problem = common.Problem(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
-    options = _options(mask_kind, scale, is_causal, causal_alignment, dropout_p, window)
-    out, lse = _AttentionFunction.apply(q, k, v, attn_mask, problem, options, bool(return_lse))
+    out, lse = _attend(
+        q, k, v, attn_mask, (None, None), (None, None), mask_kind, scale, is_causal,
+        causal_alignment, dropout_p, window, return_lse,
+    )  # fmt: skip
     if unbatched:
         out = out.squeeze(0)
     if not return_lse:
         return out
-    lse = _natural_lse(lse)
     return out, lse.squeeze(0) if unbatched else lse
 
 
-def _check_cu_seqlens(name: str, cu_seqlens, total: int, q: torch.Tensor, max_seqlen):
-    """``cu_seqlens`` as int32 (batch + 1,) offsets from 0 to ``total``, and the longest length.
-
-    Reads the offsets on the host (one device sync) so that a bad one is refused, not obeyed.
-    """
+def _check_cu_seqlens(name: str, cu_seqlens, q: torch.Tensor, max_seqlen) -> int | None:
+    """``cu_seqlens``'s type, rank and device, and ``max_seqlen`` as an int or None. The
+    offsets themselves are checked by :func:`_check_offsets` when the kernel op runs."""
     _checks.check_tensor(name, cu_seqlens)
     if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.dim() != 1:
         raise TypeError(
@@ -284,6 +393,24 @@ def _check_cu_seqlens(name: str, cu_seqlens, total: int, q: torch.Tensor, max_se
         )
     if cu_seqlens.device != q.device:
         raise ValueError(f"{name} is on {cu_seqlens.device} but q is on {q.device}")
+    if max_seqlen is None:
+        return None
+    if (
+        isinstance(max_seqlen, torch.Tensor)
+        and max_seqlen.dim() == 0
+        and not max_seqlen.is_floating_point()
+    ):
+        max_seqlen = int(max_seqlen.item())
+    elif hasattr(max_seqlen, "__index__") and not isinstance(max_seqlen, bool):
+        max_seqlen = operator.index(max_seqlen)
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen for {name}={max_seqlen!r}; expected an int >= 0")
+    return max_seqlen
+
+
+def _check_offsets(name: str, cu_seqlens, total: int, max_seqlen: int | None):
+    """``cu_seqlens`` as int32 (batch + 1,) offsets from 0 to ``total``, and the longest length
+    (``max_seqlen`` when given, which must be at least that). Reads the offsets on the host."""
     offsets = cu_seqlens.tolist()
     lengths = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
     if not offsets or offsets[0] != 0 or offsets[-1] != total or min(lengths, default=0) < 0:
@@ -294,22 +421,13 @@ def _check_cu_seqlens(name: str, cu_seqlens, total: int, q: torch.Tensor, max_se
     longest = max(lengths, default=0)
     if max_seqlen is None:
         max_seqlen = longest
-    elif (
-        isinstance(max_seqlen, torch.Tensor)
-        and max_seqlen.dim() == 0
-        and not max_seqlen.is_floating_point()
-    ):
-        max_seqlen = int(max_seqlen.item())
-    elif hasattr(max_seqlen, "__index__") and not isinstance(max_seqlen, bool):
-        max_seqlen = operator.index(max_seqlen)
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < longest:
+    elif max_seqlen < longest:
         raise ValueError(
             f"max_seqlen for {name}={max_seqlen!r}; the longest sequence has {longest} rows"
         )
     return cu_seqlens.to(torch.int32).contiguous(), max_seqlen
 
 
-@torch.compiler.disable
 @_ranges.named_op("varlen_attention")
 def varlen_attention(
     q: torch.Tensor,
@@ -352,16 +470,11 @@ def varlen_attention(
     scale = _check_options(causal_alignment, scale, q.shape[-1])
     dropout_p = _check_dropout(dropout_p)
     window = _check_window(window)
-    cu_q, max_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q, max_seqlen_q)
-    cu_k, max_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q, max_seqlen_k)
-    if cu_q.numel() != cu_k.numel():
-        raise ValueError(
-            f"cu_seqlens_q has {cu_q.numel()} offsets but cu_seqlens_k has {cu_k.numel()}; "
-            "expected one per sequence boundary in both"
-        )
-    problem = common.Problem(
-        cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2], cu_q, cu_k
-    )
-    options = _options(common.MASK_NONE, scale, is_causal, causal_alignment, dropout_p, window)
-    out, lse = _AttentionFunction.apply(q, k, v, None, problem, options, bool(return_lse))
-    return (out, _natural_lse(lse)) if return_lse else out
+    max_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q)
+    max_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q, max_seqlen_k)
+    cu_q, cu_k = cu_seqlens_q, cu_seqlens_k
+    out, lse = _attend(
+        q, k, v, None, (cu_q, cu_k), (max_q, max_k), common.MASK_NONE, scale, is_causal,
+        causal_alignment, dropout_p, window, return_lse,
+    )  # fmt: skip
+    return (out, lse) if return_lse else out

@@ -54,7 +54,7 @@ import math
 
 import torch
 
-from fastformer.functional import _checks, _ranges
+from fastformer.functional import _checks, _library, _ranges
 from fastformer.functional.attention import scaled_dot_product_attention
 from fastformer.functional.rotary import apply_rotary
 from fastformer.kernels import _runtime
@@ -212,7 +212,36 @@ def _differentiable(q, k_cache, v_cache, cache_seqlens, block_table, scale, retu
     )
 
 
-@torch.compiler.disable
+@torch.library.custom_op(_library.name("decode_attention"), mutates_args=())
+def _decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    block_table: torch.Tensor | None,
+    scale: float,
+    num_splits: int | None,
+    want_lse: bool,
+    validate: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse); lse is empty unless ``want_lse``. With ``validate``, the lengths and block
+    table are checked on the host (one sync) before the launch."""
+    if validate:
+        capacity = cache_capacity(k_cache, block_table)
+        _validate_values(cache_seqlens, 0, capacity, k_cache, block_table, "decode_attention")
+    out, lse = decode_attention_fwd(
+        q, k_cache, v_cache, cache_seqlens.contiguous(), scale=scale, num_splits=num_splits,
+        block_table=block_table, want_lse=want_lse,
+    )  # fmt: skip
+    return out, lse if lse is not None else _library.nothing(q, torch.float32)
+
+
+@_decode_attention.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, block_table, scale, num_splits, want_lse, validate):
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    return q.new_empty(q.shape), lse if want_lse else _library.nothing(q, torch.float32)
+
+
 @_ranges.named_op("decode_attention")
 def decode_attention(
     q: torch.Tensor,
@@ -252,15 +281,14 @@ def decode_attention(
     num_splits = _check_num_splits(num_splits)
     _check_flag("return_lse", return_lse)
     _check_flag("validate", validate)
-    if validate:
-        _validate_values(cache_seqlens, 0, capacity, k_cache, block_table, "decode_attention")
     needs_grad = any(t.requires_grad for t in (q, k_cache, v_cache))
     if torch.is_grad_enabled() and needs_grad:
+        if validate:
+            _validate_values(cache_seqlens, 0, capacity, k_cache, block_table, "decode_attention")
         return _differentiable(q, k_cache, v_cache, cache_seqlens, block_table, scale, return_lse)
-    out, lse = decode_attention_fwd(
-        q, k_cache, v_cache, cache_seqlens.contiguous(), scale=scale, num_splits=num_splits,
-        block_table=block_table, want_lse=return_lse,
-    )  # fmt: skip
+    out, lse = _decode_attention(
+        q, k_cache, v_cache, cache_seqlens, block_table, scale, num_splits, return_lse, validate
+    )
     return (out, lse) if return_lse else out
 
 
@@ -358,7 +386,47 @@ def _check_rotary(inv_freq, k_cache, head_dim: int, attention_scaling) -> float:
     return float(attention_scaling)
 
 
-@torch.compiler.disable
+@torch.library.custom_op(_library.name("kv_cache_append"), mutates_args=("k_cache", "v_cache"))
+def _kv_cache_append(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    new_seqlens: torch.Tensor | None,
+    block_table: torch.Tensor | None,
+    inv_freq: torch.Tensor | None,
+    interleaved: bool,
+    attention_scaling: float,
+    validate: bool,
+) -> None:
+    """The append, in place; with ``validate``, the lengths (and block table) are checked on
+    the host (one sync) before the launch."""
+    if validate:
+        seqlen_new = k_new.shape[2]
+        if new_seqlens is not None:
+            counts = new_seqlens.tolist()
+            bad = [b for b, n in enumerate(counts) if not 0 <= n <= seqlen_new]
+            if bad:
+                raise ValueError(
+                    f"new_seqlens[{bad[0]}]={counts[bad[0]]}; expected 0 to seqlen_new={seqlen_new}"
+                )
+        added = new_seqlens if new_seqlens is not None else seqlen_new
+        capacity = cache_capacity(k_cache, block_table)
+        _validate_values(cache_seqlens, added, capacity, k_cache, block_table, "kv_cache_append_")
+    kv_append(
+        k_cache, v_cache, k_new, v_new, cache_seqlens.contiguous(),
+        new_seqlens=None if new_seqlens is None else new_seqlens.contiguous(),
+        block_table=block_table, inv_freq=inv_freq, interleaved=interleaved,
+        attention_scaling=attention_scaling,
+    )  # fmt: skip
+
+
+@_kv_cache_append.register_fake
+def _(*_):
+    return None
+
+
 @_ranges.named_op("kv_cache_append_")
 def kv_cache_append_(
     k_cache: torch.Tensor,
@@ -411,19 +479,8 @@ def kv_cache_append_(
         if new_seqlens.shape[0] != batch:
             raise ValueError(f"new_seqlens.shape={tuple(new_seqlens.shape)}; expected ({batch},)")
         added = new_seqlens
-        if validate:
-            counts = new_seqlens.tolist()
-            bad = [b for b, n in enumerate(counts) if not 0 <= n <= seqlen_new]
-            if bad:
-                raise ValueError(
-                    f"new_seqlens[{bad[0]}]={counts[bad[0]]}; expected 0 to seqlen_new={seqlen_new}"
-                )
-    if validate:
-        _validate_values(cache_seqlens, added, capacity, k_cache, block_table, "kv_cache_append_")
-    kv_append(
-        k_cache, v_cache, k_new.detach(), v_new.detach(), cache_seqlens.contiguous(),
-        new_seqlens=None if new_seqlens is None else new_seqlens.contiguous(),
-        block_table=block_table, inv_freq=inv_freq, interleaved=interleaved,
-        attention_scaling=attention_scaling,
+    _kv_cache_append(
+        k_cache, v_cache, k_new.detach(), v_new.detach(), cache_seqlens, new_seqlens,
+        block_table, inv_freq, interleaved, attention_scaling, validate,
     )  # fmt: skip
     return cache_seqlens + added

@@ -23,60 +23,103 @@ from __future__ import annotations
 
 import torch
 
-from fastformer.functional import _autograd, _checks, _ranges
+from fastformer.functional import _autograd, _checks, _library, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.linear import ACTIVATIONS, linear_bwd, linear_fwd
 
 GATED_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
-class _LinearFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, weight_up, bias, activation):
-        x_rows = _runtime.as_rows(x, 1)
-        out_shape = (*x.shape[:-1], weight.shape[0])
-        store_pre = activation is not None or weight_up is not None
-        y, z, z_up = linear_fwd(
-            x_rows,
-            weight,
-            bias,
-            activation,
-            weight_up=weight_up,
-            store_pre=store_pre,
-            out_shape=out_shape,
-        )
-        # Save the rows' tensor (x itself or its one copy), so the backward makes no copy.
-        ctx.save_for_backward(x_rows.tensor, weight, weight_up, z, z_up)
-        ctx.activation = activation
-        ctx.x_shape = x.shape
-        ctx.has_bias = bias is not None
-        return y
+@torch.library.custom_op(_library.name("linear_fwd"), mutates_args=())
+def _linear_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_up: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    activation: str | None,
+    store_pre: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, z, z_up): the output and, when ``store_pre``, the pre-activations (else empty)."""
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    y, z, z_up = linear_fwd(
+        _runtime.as_rows(x, 1), weight, bias, activation, weight_up=weight_up,
+        store_pre=store_pre, out_shape=out_shape,
+    )  # fmt: skip
+    z = z if z is not None else _library.nothing(x)
+    return y, z, z_up if z_up is not None else _library.nothing(x)
 
-    @staticmethod
-    def backward(ctx, dy):
-        _autograd.refuse_double_backward("linear")
-        x_saved, weight, weight_up, z, z_up = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        dx, dw, dw_up, db = linear_bwd(
-            _runtime.as_rows(dy, 1),
-            _runtime.as_rows(x_saved, 1),
-            weight,
-            z,
-            ctx.activation,
-            weight_up=weight_up,
-            z_up=z_up,
-            compute_dx=needs[0],
-            compute_dw=needs[1] or needs[2],
-            compute_db=needs[3] and ctx.has_bias,
-        )
-        dx = dx.view(ctx.x_shape) if dx is not None else None
-        return (
-            dx,
-            dw if needs[1] else None,
-            dw_up if needs[2] else None,
-            db if needs[3] else None,
-            None,
-        )
+
+@_linear_fwd.register_fake
+def _(x, weight, weight_up, bias, activation, store_pre):
+    n_rows, n = x.numel() // max(x.shape[-1], 1), weight.shape[0]
+    y = x.new_empty((*x.shape[:-1], n))
+    z = x.new_empty((n_rows, n)) if store_pre else _library.nothing(x)
+    z_up = x.new_empty((n_rows, n)) if store_pre and weight_up is not None else _library.nothing(x)
+    return y, z, z_up
+
+
+@torch.library.custom_op(_library.name("linear_bwd"), mutates_args=())
+def _linear_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    z: torch.Tensor | None,
+    activation: str | None,
+    weight_up: torch.Tensor | None,
+    z_up: torch.Tensor | None,
+    compute_dx: bool,
+    compute_dw: bool,
+    compute_db: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx in x's shape, dweight, dweight_up, dbias); the ones not asked for are empty."""
+    dx, dw, dw_up, db = linear_bwd(
+        _runtime.as_rows(dy, 1), _runtime.as_rows(x, 1), weight, z, activation,
+        weight_up=weight_up, z_up=z_up, compute_dx=compute_dx, compute_dw=compute_dw,
+        compute_db=compute_db,
+    )  # fmt: skip
+    grads = (dx.view(x.shape) if dx is not None else None, dw, dw_up, db)
+    return tuple(g if g is not None else _library.nothing(x) for g in grads)
+
+
+@_linear_bwd.register_fake
+def _(dy, x, weight, z, activation, weight_up, z_up, compute_dx, compute_dw, compute_db):
+    dx = x.new_empty(x.shape) if compute_dx else _library.nothing(x)
+    dw = weight.new_empty(weight.shape) if compute_dw else _library.nothing(x)
+    gated = compute_dw and weight_up is not None
+    dw_up = weight.new_empty(weight.shape) if gated else _library.nothing(x)
+    db = weight.new_empty((weight.shape[0],)) if compute_db else _library.nothing(x)
+    return dx, dw, dw_up, db
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, weight_up, bias, activation, _ = inputs
+    _, z, z_up = output
+    ctx.save_for_backward(x, weight, weight_up, z, z_up)
+    ctx.activation = activation
+    ctx.stored = inputs[5]  # store_pre
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dy, _dz, _dz_up):
+    _autograd.refuse_double_backward("linear")
+    x, weight, weight_up, z, z_up = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    compute_db = needs[3] and ctx.has_bias
+    dx, dw, dw_up, db = _linear_bwd(
+        dy, x, weight, z if ctx.stored else None, ctx.activation, weight_up,
+        z_up if weight_up is not None else None, needs[0], needs[1] or needs[2], compute_db,
+    )  # fmt: skip
+    return (
+        dx if needs[0] else None,
+        dw if needs[1] else None,
+        dw_up if needs[2] else None,
+        db if compute_db else None,
+        None,
+        None,
+    )
+
+
+_linear_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_activation(activation, allowed) -> None:
@@ -123,18 +166,14 @@ def _check_x(x) -> None:
 
 
 def _apply(x, weight, weight_up, bias, activation):
-    if torch.is_grad_enabled() and any(
+    # The pre-activations are written only when a gradient will need them.
+    needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, weight_up, bias)
-    ):
-        return _LinearFunction.apply(x, weight, weight_up, bias, activation)
-    # Inference: no autograd node, and the pre-activation is never written.
-    out_shape = (*x.shape[:-1], weight.shape[0])
-    x_rows = _runtime.as_rows(x, 1)
-    return linear_fwd(x_rows, weight, bias, activation, weight_up=weight_up, out_shape=out_shape)[0]
+    )
+    store_pre = needs_grad and (activation is not None or weight_up is not None)
+    return _linear_fwd(x, weight, weight_up, bias, activation, store_pre)[0]
 
 
-# torch.compile runs these ops eagerly (a graph break) instead of tracing into Triton's launcher.
-@torch.compiler.disable
 @_ranges.named_op("linear")
 def linear(
     x: torch.Tensor,
@@ -160,7 +199,6 @@ def linear(
     return _apply(x, weight, None, bias, activation)
 
 
-@torch.compiler.disable
 @_ranges.named_op("gated_linear")
 def gated_linear(
     x: torch.Tensor,

@@ -12,62 +12,117 @@ nothing is written in place. Double backward is not supported.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from fastformer.functional import _autograd, _checks, _ranges
+from fastformer.functional import _autograd, _checks, _library, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.norm import norm_bwd, norm_fwd
 
 
-class _NormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps, is_rms, n_norm_dims):
-        x_rows = _runtime.as_rows(x, n_norm_dims)
-        res_rows = _runtime.as_rows(residual, n_norm_dims) if residual is not None else None
-        w1d = weight.reshape(-1) if weight is not None else None
-        b1d = bias.reshape(-1) if bias is not None else None
-        y, h, mean, rstd = norm_fwd(
-            x_rows, w1d, b1d, eps, is_rms=is_rms, residual=res_rows, out_shape=x.shape
-        )
-        # Save the rows' tensor (x itself, its one copy, or h), not x: no second copy later.
-        ctx.save_for_backward(h if h is not None else x_rows.tensor, weight, mean, rstd)
-        ctx.is_rms = is_rms
-        ctx.n_norm_dims = n_norm_dims
-        ctx.has_residual = residual is not None
-        ctx.has_bias = bias is not None
-        ctx.bias_shape = bias.shape if bias is not None else None
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        ctx.shape = x.shape
-        # y and h are created in x's shape, not viewed into it: in-place ops on them stay legal.
-        return y if h is None else (y, h)
-
-    @staticmethod
-    def backward(ctx, dy, dh=None):
-        _autograd.refuse_double_backward("norm")
-        saved_x, weight, mean, rstd = ctx.saved_tensors
-        n_norm_dims = ctx.n_norm_dims
-        needs = ctx.needs_input_grad
-        dx2d, dw, db = norm_bwd(
-            _runtime.as_rows(dy, n_norm_dims),
-            _runtime.as_rows(saved_x, n_norm_dims),
-            weight.reshape(-1) if weight is not None else None,
-            mean,
-            rstd,
-            is_rms=ctx.is_rms,
-            dh=_runtime.as_rows(dh, n_norm_dims) if dh is not None else None,
-            compute_dw=needs[2],
-            compute_db=needs[3] and ctx.has_bias,
-        )
-        dx = dx2d.view(ctx.shape) if needs[0] or needs[1] else None
-        dres = dx if ctx.has_residual and needs[1] else None
-        dweight = dw.view(weight.shape).to(weight.dtype) if dw is not None else None
-        dbias = db.view(ctx.bias_shape).to(ctx.bias_dtype) if db is not None else None
-        return dx if needs[0] else None, dres, dweight, dbias, None, None, None
+@torch.library.custom_op(_library.name("norm_fwd"), mutates_args=())
+def _norm_fwd(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    is_rms: bool,
+    n_norm_dims: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, h, mean, rstd); h is empty without a residual, mean for RMSNorm."""
+    x_rows = _runtime.as_rows(x, n_norm_dims)
+    res_rows = _runtime.as_rows(residual, n_norm_dims) if residual is not None else None
+    w1d = weight.reshape(-1) if weight is not None else None
+    b1d = bias.reshape(-1) if bias is not None else None
+    y, h, mean, rstd = norm_fwd(
+        x_rows, w1d, b1d, eps, is_rms=is_rms, residual=res_rows, out_shape=x.shape
+    )
+    # y and h are created in x's shape, not viewed into it: in-place ops on them stay legal.
+    h = h if h is not None else _library.nothing(x)
+    return y, h, mean if mean is not None else _library.nothing(rstd), rstd
 
 
-# torch.compile runs these ops eagerly (a graph break) instead of tracing into Triton's launcher,
-# which it cannot do under the interpreter; registering them as custom ops removes the break.
-@torch.compiler.disable
+@_norm_fwd.register_fake
+def _(x, residual, weight, bias, eps, is_rms, n_norm_dims):
+    n_rows = x.numel() // max(math.prod(x.shape[x.dim() - n_norm_dims :]), 1)
+    y = x.new_empty(x.shape)
+    h = x.new_empty(x.shape) if residual is not None else _library.nothing(x)
+    stats = x.new_empty((n_rows,), dtype=torch.float32)
+    return y, h, stats if not is_rms else _library.nothing(stats), stats.clone()
+
+
+@torch.library.custom_op(_library.name("norm_bwd"), mutates_args=())
+def _norm_bwd(
+    dy: torch.Tensor,
+    dh: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    is_rms: bool,
+    n_norm_dims: int,
+    compute_dw: bool,
+    compute_db: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx in x's shape, dweight and dbias as (n_cols,) fp32); unasked ones empty."""
+    dx2d, dw, db = norm_bwd(
+        _runtime.as_rows(dy, n_norm_dims),
+        _runtime.as_rows(x, n_norm_dims),
+        weight.reshape(-1) if weight is not None else None,
+        None if is_rms else mean,
+        rstd,
+        is_rms=is_rms,
+        dh=_runtime.as_rows(dh, n_norm_dims) if dh is not None else None,
+        compute_dw=compute_dw,
+        compute_db=compute_db,
+    )
+    dw = dw if dw is not None else _library.nothing(rstd)
+    db = db if db is not None else _library.nothing(rstd)
+    return dx2d.view(x.shape), dw, db
+
+
+@_norm_bwd.register_fake
+def _(dy, dh, x, weight, mean, rstd, is_rms, n_norm_dims, compute_dw, compute_db):
+    n_cols = math.prod(x.shape[x.dim() - n_norm_dims :])
+    dw = rstd.new_empty((n_cols,)) if compute_dw else _library.nothing(rstd)
+    db = rstd.new_empty((n_cols,)) if compute_db else _library.nothing(rstd)
+    return x.new_empty(x.shape), dw, db
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, bias, _, is_rms, n_norm_dims = inputs
+    _, h, mean, rstd = output
+    # The normalised rows are h with a residual, x without.
+    ctx.save_for_backward(h if residual is not None else x, weight, mean, rstd)
+    ctx.is_rms, ctx.n_norm_dims = is_rms, n_norm_dims
+    ctx.has_residual = residual is not None
+    ctx.bias = (bias.shape, bias.dtype) if bias is not None else None
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dy, dh, _dmean, _drstd):
+    _autograd.refuse_double_backward("norm")
+    saved_x, weight, mean, rstd = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if dy is None:  # only h was used
+        dy = torch.zeros_like(saved_x)
+    compute_dw, compute_db = needs[2] and weight is not None, needs[3] and ctx.bias is not None
+    dx, dw, db = _norm_bwd(
+        dy, dh if ctx.has_residual else None, saved_x, weight, mean, rstd, ctx.is_rms,
+        ctx.n_norm_dims, compute_dw, compute_db,
+    )  # fmt: skip
+    dres = dx if ctx.has_residual and needs[1] else None
+    dweight = dw.view(weight.shape).to(weight.dtype) if compute_dw else None
+    dbias = db.view(ctx.bias[0]).to(ctx.bias[1]) if compute_db else None
+    return dx if needs[0] else None, dres, dweight, dbias, None, None, None
+
+
+_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
 @_ranges.named_op(lambda arguments: "rms_norm" if arguments["is_rms"] else "layer_norm")
 def _norm(x, normalized_shape, weight, bias, eps, residual, is_rms):
     _checks.check_tensor("x", x)
@@ -79,7 +134,8 @@ def _norm(x, normalized_shape, weight, bias, eps, residual, is_rms):
     if residual is not None:
         _checks.check_tensor("residual", residual)
         _checks.check_like("residual", residual, "x", x)
-    return _NormFunction.apply(x, residual, weight, bias, eps, is_rms, len(shape))
+    y, h, _, _ = _norm_fwd(x, residual, weight, bias, eps, is_rms, len(shape))
+    return y if residual is None else (y, h)
 
 
 def layer_norm(

@@ -52,9 +52,8 @@ import numbers
 import operator
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from fastformer.functional import _checks, _ranges
+from fastformer.functional import _autograd, _checks, _library, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.rotary import packed_positions, rotary_fwd
 
@@ -76,47 +75,73 @@ def _to_bshd(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
-class _RotaryFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, inv_freq, position_ids, offset, interleaved, layout, scale):
-        # New tensors in the caller's layout, contiguous; the kernel writes them through views.
-        q_out = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
-        k_out = _runtime.empty(k.shape, dtype=k.dtype, device=k.device)
-        rotary_fwd(
-            _to_bshd(q, layout),
-            _to_bshd(k, layout),
-            inv_freq,
-            position_ids=position_ids,
-            offset=offset,
-            interleaved=interleaved,
-            attention_scaling=scale,
-            q_out=_to_bshd(q_out, layout),
-            k_out=_to_bshd(k_out, layout),
-        )
-        ctx.save_for_backward(inv_freq, position_ids)
-        ctx.config = (offset, interleaved, layout, scale)
-        return q_out, k_out
+@torch.library.custom_op(_library.name("rotary"), mutates_args=())
+def _rotary(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    inv_freq: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    offset: int,
+    interleaved: bool,
+    layout: str,
+    scale: float,
+    conjugate: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k rotated (by the negative angle when ``conjugate``: the backward), as new
+    contiguous tensors in their own shapes; the kernel writes them through views."""
+    q_out = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = _runtime.empty(k.shape, dtype=k.dtype, device=k.device)
+    rotary_fwd(
+        _to_bshd(q, layout), _to_bshd(k, layout), inv_freq, position_ids=position_ids,
+        offset=offset, interleaved=interleaved, attention_scaling=scale, conjugate=conjugate,
+        q_out=_to_bshd(q_out, layout), k_out=_to_bshd(k_out, layout),
+    )  # fmt: skip
+    return q_out, k_out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dq_out, dk_out):
-        inv_freq, position_ids = ctx.saved_tensors
-        offset, interleaved, layout, scale = ctx.config
-        dq = _runtime.empty(dq_out.shape, dtype=dq_out.dtype, device=dq_out.device)
-        dk = _runtime.empty(dk_out.shape, dtype=dk_out.dtype, device=dk_out.device)
-        rotary_fwd(
-            _to_bshd(dq_out, layout),
-            _to_bshd(dk_out, layout),
-            inv_freq,
-            position_ids=position_ids,
-            offset=offset,
-            interleaved=interleaved,
-            attention_scaling=scale,
-            conjugate=True,
-            q_out=_to_bshd(dq, layout),
-            k_out=_to_bshd(dk, layout),
-        )
-        return dq, dk, None, None, None, None, None, None
+
+@_rotary.register_fake
+def _(q, k, *_):
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, inv_freq, position_ids, *config, _conjugate = inputs
+    ctx.save_for_backward(inv_freq, position_ids)
+    ctx.config = config  # offset, interleaved, layout, scale
+
+
+def _backward(ctx, dq_out, dk_out):
+    _autograd.refuse_double_backward("apply_rotary")
+    inv_freq, position_ids = ctx.saved_tensors
+    dq, dk = _rotary(dq_out, dk_out, inv_freq, position_ids, *ctx.config, True)
+    return dq, dk, None, None, None, None, None, None, None
+
+
+_rotary.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op(_library.name("rotary_"), mutates_args=("q", "k"))
+def _rotary_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    inv_freq: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    offset: int,
+    interleaved: bool,
+    layout: str,
+    scale: float,
+) -> None:
+    """q and k rotated in place by one launch (the pass-through features are not rewritten)."""
+    q4, k4 = _to_bshd(q, layout), _to_bshd(k, layout)
+    rotary_fwd(
+        q4, k4, inv_freq, position_ids=position_ids, offset=offset, interleaved=interleaved,
+        attention_scaling=scale, q_out=q4, k_out=k4,
+    )  # fmt: skip
+
+
+@_rotary_.register_fake
+def _(*_):
+    return None
 
 
 class _RotatedInPlace(torch.autograd.Function):
@@ -135,31 +160,23 @@ class _RotatedInPlace(torch.autograd.Function):
         return x
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dx_out):
+        _autograd.refuse_double_backward("apply_rotary")
         inv_freq, position_ids = ctx.saved_tensors
-        offset, interleaved, layout, scale = ctx.config
-        dx = _runtime.empty(dx_out.shape, dtype=dx_out.dtype, device=dx_out.device)
-        dx4 = _to_bshd(dx_out, layout)
-        no_heads = dx4[:, :, :0]  # (batch, seqlen, 0, head_dim): the other tensor has no heads
-        rotary_fwd(
-            dx4,
-            no_heads,
-            inv_freq,
-            position_ids=position_ids,
-            offset=offset,
-            interleaved=interleaved,
-            attention_scaling=scale,
-            conjugate=True,
-            q_out=_to_bshd(dx, layout),
-            k_out=no_heads,
-        )
+        no_heads = _no_heads(dx_out, ctx.config[2])
+        dx, _ = _rotary(dx_out, no_heads, inv_freq, position_ids, *ctx.config, True)
         return dx, None, None, None, None, None, None
+
+
+def _no_heads(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A tensor like x with no heads: the partner of a lone tensor in a two-tensor launch."""
+    shape = list(x.shape)
+    shape[1 if layout == "bhsd" else -2] = 0
+    return x.new_empty(shape)
 
 
 def _rotary_in_place(q, k, inv_freq, position_ids, offset, interleaved, layout, scale):
     """One launch rotates q and k in place; then autograd records each change separately."""
-    q4, k4 = _to_bshd(q, layout), _to_bshd(k, layout)
     config = (offset, interleaved, layout, scale)
     for name, x in (("q", q), ("k", k)):
         base = x if x._base is None else x._base
@@ -168,17 +185,8 @@ def _rotary_in_place(q, k, inv_freq, position_ids, offset, interleaved, layout, 
                 f"inplace=True on {name}, a leaf tensor that requires grad (or a view of one): "
                 "autograd cannot record an in-place change to it; pass inplace=False"
             )
-    rotary_fwd(
-        q4,
-        k4,
-        inv_freq,
-        position_ids=position_ids,
-        offset=offset,
-        interleaved=interleaved,
-        attention_scaling=scale,
-        q_out=q4,
-        k_out=k4,
-    )
+    with torch.no_grad():  # autograd records the change below, one Function per tensor
+        _rotary_(q, k, inv_freq, position_ids, *config)
     q = _RotatedInPlace.apply(q, inv_freq, position_ids, *config)
     k = _RotatedInPlace.apply(k, inv_freq, position_ids, *config)
     return q, k
@@ -383,8 +391,6 @@ def _check_overlap(q, k):
         )
 
 
-# torch.compile runs this op eagerly (a graph break) instead of tracing into Triton's launcher.
-@torch.compiler.disable
 @_ranges.named_op("apply_rotary")
 def apply_rotary(
     q: torch.Tensor,
@@ -435,4 +441,4 @@ def apply_rotary(
     if inplace:
         _check_overlap(q, k)
         return _rotary_in_place(q, k, *args)
-    return _RotaryFunction.apply(q, k, *args)
+    return _rotary(q, k, *args, False)
