@@ -24,6 +24,8 @@ _EXPORTS = {
     "kv_cache_append_": "fastformer.functional",
     "rotate_queries": "fastformer.functional",
     "decode_positions": "fastformer.functional",
+    "set_eager_fallback": "fastformer.functional._fallback",
+    "eager_fallback": "fastformer.functional._fallback",
     "optimize": "fastformer.integrations",
 }
 _SUBMODULES = ("functional", "nn", "models", "reference", "testing", "integrations", "generation")

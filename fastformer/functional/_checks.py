@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fastformer.kernels import _runtime
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -18,6 +20,12 @@ def _dtype_names(dtypes) -> str:
 def check_tensor(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if type(value).__name__ == "DTensor":  # sharded: each rank holds a piece
+        raise TypeError(
+            f"{name} is a DTensor; fastformer's ops take whole local tensors, so tensor and "
+            "sequence parallel are not supported (with FSDP2, a layer method called instead "
+            "of forward needs torch.distributed.fsdp.register_fsdp_forward_method)"
+        )
     if value.layout != torch.strided or value.is_nested:
         layout = "nested" if value.is_nested else value.layout
         raise TypeError(f"{name}.layout={layout} is not supported; expected torch.strided")
@@ -26,6 +34,12 @@ def check_tensor(name: str, value) -> torch.Tensor:
 
 def check_float_dtype(name: str, tensor: torch.Tensor) -> None:
     if tensor.dtype not in SUPPORTED_DTYPES:
+        if tensor.dtype.is_floating_point:  # valid for torch, not for the kernels
+            raise _runtime.UnsupportedDtype(
+                f"{name}.dtype={tensor.dtype} is not supported; expected one of "
+                f"{_dtype_names(SUPPORTED_DTYPES)}",
+                f"dtype {tensor.dtype}",
+            )
         raise TypeError(
             f"{name}.dtype={tensor.dtype} is not supported; expected one of "
             f"{_dtype_names(SUPPORTED_DTYPES)}"

@@ -31,7 +31,9 @@ import operator
 
 import torch
 
-from fastformer.functional import _autograd, _checks, _library, _ranges
+from fastformer import reference
+from fastformer.functional import _autograd, _checks, _fallback, _library, _ranges
+from fastformer.kernels import _runtime
 from fastformer.kernels import attention_common as common
 from fastformer.kernels.attention_bwd import attention_bwd
 from fastformer.kernels.attention_fwd import attention_fwd, default_scale
@@ -220,13 +222,17 @@ def _check_qkv(q, k, v) -> None:
     if k.shape[-1] != head_dim:
         raise ValueError(f"k head_dim={k.shape[-1]} must equal q head_dim={head_dim}")
     if v.shape[-1] != head_dim:
-        raise NotImplementedError(
-            f"v head_dim={v.shape[-1]} differs from q/k head_dim={head_dim}; not supported"
+        raise _runtime.UnsupportedShape(
+            f"v head_dim={v.shape[-1]} differs from q/k head_dim={head_dim}; not supported",
+            "a value head_dim different from the query/key one",
         )
     if head_dim < 1:
         raise ValueError(f"head_dim={head_dim}; expected at least 1")
     if head_dim > common.MAX_HEAD_DIM:
-        raise NotImplementedError(f"head_dim={head_dim}; at most {common.MAX_HEAD_DIM}")
+        raise _runtime.UnsupportedShape(
+            f"head_dim={head_dim}; at most {common.MAX_HEAD_DIM}",
+            f"head_dim above {common.MAX_HEAD_DIM}",
+        )
 
 
 def _check_heads(q, k, enable_gqa: bool) -> None:
@@ -310,6 +316,7 @@ def _natural_lse(lse: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isinf(lse), float("-inf"), lse * math.log(2.0))
 
 
+@_fallback.falls_back_to(reference.scaled_dot_product_attention)
 @_ranges.named_op("scaled_dot_product_attention")
 def scaled_dot_product_attention(
     q: torch.Tensor,
@@ -428,6 +435,7 @@ def _check_offsets(name: str, cu_seqlens, total: int, max_seqlen: int | None):
     return cu_seqlens.to(torch.int32).contiguous(), max_seqlen
 
 
+@_fallback.falls_back_to(reference.varlen_attention)
 @_ranges.named_op("varlen_attention")
 def varlen_attention(
     q: torch.Tensor,

@@ -54,7 +54,8 @@ import math
 
 import torch
 
-from fastformer.functional import _checks, _library, _ranges
+from fastformer import reference
+from fastformer.functional import _checks, _fallback, _library, _ranges
 from fastformer.functional.attention import scaled_dot_product_attention
 from fastformer.functional.rotary import apply_rotary
 from fastformer.kernels import _runtime
@@ -88,9 +89,10 @@ def _check_cache(k_cache, v_cache, block_table, batch: int):
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         span = cache_seq_span(cache, block_table is not None)
         if span >= _runtime.INT32_LIMIT:
-            raise NotImplementedError(
+            raise _runtime.UnsupportedShape(
                 f"{name}.stride()={cache.stride()}: positions of a row span {span} elements; "
-                f"the decode kernel's offsets along a row must stay below {_runtime.INT32_LIMIT}"
+                f"the decode kernel's offsets along a row must stay below {_runtime.INT32_LIMIT}",
+                "a cache row spanning 2**31 elements or more",
             )
     if block_table is None:
         if k_cache.shape[0] != batch:
@@ -179,7 +181,10 @@ def _check_query(q, k_cache, n_kv_heads: int, head_dim: int) -> None:
     if head_dim < 1:
         raise ValueError(f"head_dim={head_dim}; expected at least 1")
     if head_dim > common.MAX_HEAD_DIM:
-        raise NotImplementedError(f"head_dim={head_dim}; at most {common.MAX_HEAD_DIM}")
+        raise _runtime.UnsupportedShape(
+            f"head_dim={head_dim}; at most {common.MAX_HEAD_DIM}",
+            f"head_dim above {common.MAX_HEAD_DIM}",
+        )
     if n_kv_heads == 0 or q.shape[1] % n_kv_heads:
         raise ValueError(
             f"q has {q.shape[1]} heads; expected a multiple of the cache's {n_kv_heads} KV heads"
@@ -242,6 +247,7 @@ def _(q, k_cache, v_cache, cache_seqlens, block_table, scale, num_splits, want_l
     return q.new_empty(q.shape), lse if want_lse else _library.nothing(q, torch.float32)
 
 
+@_fallback.falls_back_to(reference.decode_attention)
 @_ranges.named_op("decode_attention")
 def decode_attention(
     q: torch.Tensor,
@@ -427,6 +433,7 @@ def _(*_):
     return None
 
 
+@_fallback.falls_back_to(reference.kv_cache_append_)
 @_ranges.named_op("kv_cache_append_")
 def kv_cache_append_(
     k_cache: torch.Tensor,

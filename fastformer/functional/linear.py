@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from fastformer.functional import _autograd, _checks, _library, _ranges
+from fastformer import reference
+from fastformer.functional import _autograd, _checks, _fallback, _library, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.linear import ACTIVATIONS, linear_bwd, linear_fwd
 
@@ -174,6 +175,7 @@ def _apply(x, weight, weight_up, bias, activation):
     return _linear_fwd(x, weight, weight_up, bias, activation, store_pre)[0]
 
 
+@_fallback.falls_back_to(reference.linear)
 @_ranges.named_op("linear")
 def linear(
     x: torch.Tensor,
@@ -199,6 +201,7 @@ def linear(
     return _apply(x, weight, None, bias, activation)
 
 
+@_fallback.falls_back_to(reference.gated_linear)
 @_ranges.named_op("gated_linear")
 def gated_linear(
     x: torch.Tensor,

@@ -16,7 +16,8 @@ import math
 
 import torch
 
-from fastformer.functional import _autograd, _checks, _library, _ranges
+from fastformer import reference
+from fastformer.functional import _autograd, _checks, _fallback, _library, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.norm import norm_bwd, norm_fwd
 
@@ -138,6 +139,7 @@ def _norm(x, normalized_shape, weight, bias, eps, residual, is_rms):
     return y if residual is None else (y, h)
 
 
+@_fallback.falls_back_to(reference.layer_norm)
 def layer_norm(
     x: torch.Tensor,
     normalized_shape,
@@ -160,6 +162,7 @@ def layer_norm(
     return _norm(x, normalized_shape, weight, bias, eps, residual, is_rms=False)
 
 
+@_fallback.falls_back_to(reference.rms_norm)
 def rms_norm(
     x: torch.Tensor,
     normalized_shape,

@@ -53,7 +53,8 @@ import operator
 
 import torch
 
-from fastformer.functional import _autograd, _checks, _library, _ranges
+from fastformer import reference
+from fastformer.functional import _autograd, _checks, _fallback, _library, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.rotary import packed_positions, rotary_fwd
 
@@ -235,9 +236,10 @@ def _check_inv_freq(inv_freq, q, rotary_dim):
             "rotary_dim >= 2"
         )
     if inv_freq.requires_grad and torch.is_grad_enabled():
-        raise NotImplementedError(
+        raise _runtime.UnsupportedShape(
             "inv_freq.requires_grad=True: apply_rotary gives no gradient for inv_freq; "
-            "pass inv_freq.detach()"
+            "pass inv_freq.detach()",
+            "a gradient for inv_freq",
         )
     head_dim = q.shape[-1]
     implied = 2 * inv_freq.numel()
@@ -391,6 +393,7 @@ def _check_overlap(q, k):
         )
 
 
+@_fallback.falls_back_to(reference.apply_rotary)
 @_ranges.named_op("apply_rotary")
 def apply_rotary(
     q: torch.Tensor,

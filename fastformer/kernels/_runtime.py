@@ -43,6 +43,35 @@ def empty(shape, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+class Unsupported(Exception):  # noqa: N818 (a kind of input, not an error's cause)
+    """A valid input that fastformer's kernels do not handle (unlike a bad one), raised before
+    any launch. ``reason`` names the case in general terms (the message has the values); with
+    the eager fallback on (``fastformer.set_eager_fallback``) the op runs its eager reference
+    instead, warning once per reason. Raised as one of the subclasses below, which are also the
+    built-in exception a caller would expect (TypeError for a dtype, and so on)."""
+
+    # Built as ``Unsupported(message, reason)`` with the default constructor (torch.compile
+    # traces that, not a custom __init__); the message alone is what it prints.
+    @property
+    def reason(self) -> str:
+        return self.args[1] if len(self.args) > 1 else str(self)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedDtype(Unsupported, TypeError):
+    """A floating dtype the kernels do not take (float64, float8)."""
+
+
+class UnsupportedDevice(Unsupported, RuntimeError):
+    """Tensors on a device the kernels were not defined for."""
+
+
+class UnsupportedShape(Unsupported, NotImplementedError):
+    """A shape or layout past a kernel's limits (head_dim, offsets beyond int32)."""
+
+
 def is_interpreted(kernel) -> bool:
     """Whether ``kernel`` was defined under Triton's interpreter."""
     return isinstance(kernel, InterpretedFunction)
@@ -58,15 +87,17 @@ def check_runnable(kernel, name: str, tensor: torch.Tensor) -> None:
     device = tensor.device
     if is_interpreted(kernel):
         if device.type != "cpu":
-            raise RuntimeError(
+            raise UnsupportedDevice(
                 f"{name} is on {device}, but fastformer's kernels were defined under Triton's "
-                "interpreter (TRITON_INTERPRET=1), which runs CPU tensors only"
+                "interpreter (TRITON_INTERPRET=1), which runs CPU tensors only",
+                f"{device.type} tensors under Triton's interpreter",
             )
         return
     if device.type != "cuda":
-        raise RuntimeError(
+        raise UnsupportedDevice(
             f"{name} is on {device}; fastformer's kernels run on CUDA tensors, or on CPU tensors "
-            "when TRITON_INTERPRET=1 is set before fastformer is imported"
+            "when TRITON_INTERPRET=1 is set before fastformer is imported",
+            f"{device.type} tensors (the kernels run on CUDA, or CPU under the interpreter)",
         )
 
 

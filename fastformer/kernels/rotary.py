@@ -259,9 +259,10 @@ def packed_positions(cu_seqlens: torch.Tensor, n_tokens: int) -> torch.Tensor:
 def _check_dim_span(name: str, tensor: torch.Tensor) -> None:
     span = (tensor.shape[3] - 1) * abs(tensor.stride(3)) if tensor.shape[3] else 0
     if span >= _runtime.INT32_LIMIT:
-        raise NotImplementedError(
+        raise _runtime.UnsupportedShape(
             f"{name}.stride()={tensor.stride()} spans {span} elements inside one head; "
-            f"offsets inside a head must stay below {_runtime.INT32_LIMIT}"
+            f"offsets inside a head must stay below {_runtime.INT32_LIMIT}",
+            "a head spanning 2**31 elements or more",
         )
 
 

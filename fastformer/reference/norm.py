@@ -6,10 +6,17 @@ import torch
 import torch.nn.functional as F
 
 
+def _shape(normalized_shape) -> tuple[int, ...]:
+    """An int or a sequence of ints, as the public ops take it."""
+    if isinstance(normalized_shape, int):
+        return (normalized_shape,)
+    return tuple(normalized_shape)
+
+
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, residual=None):
     """``layer_norm`` of ``x``, or of ``x + residual`` returned with that sum."""
     h = x if residual is None else x + residual
-    out = F.layer_norm(h, tuple(normalized_shape), weight, bias, eps)
+    out = F.layer_norm(h, _shape(normalized_shape), weight, bias, eps)
     return out if residual is None else (out, h)
 
 
@@ -23,7 +30,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, residual=None):
     h = x if residual is None else x + residual
     if eps is None:  # torch's default: the epsilon of the dtype it computes in
         eps = torch.finfo(torch.float64 if h.dtype == torch.float64 else torch.float32).eps
-    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    dims = tuple(range(-len(_shape(normalized_shape)), 0))
     compute = h if h.dtype == torch.float64 else h.float()
     out = compute * torch.rsqrt(compute.pow(2).mean(dim=dims, keepdim=True) + eps)
     if weight is not None:
