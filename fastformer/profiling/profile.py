@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fastformer.functional import _ranges
+from fastformer.functional import _library, _ranges
 from fastformer.profiling.op_counts import OpCount, StepCounter
 from fastformer.profiling.targets import Target
 
@@ -44,7 +44,12 @@ US_PER_MS = 1000.0
 STEP_EVENT = re.compile(r"^ProfilerStep(#\d+|\*)$")  # "ProfilerStep*" in events()
 MODULE_PREFIX = "module::"
 # Autograd runs a Function's backward as this event (torch's naming).
-BACKWARD_EVENT = re.compile(r"autograd::engine::evaluate_function: (_\w+Function\w*)Backward")
+# The autograd node of a kernel op's backward (torch.library names it after the forward op):
+# "norm_fwd" gives the row "norm backward".
+BACKWARD_EVENT = re.compile(
+    r"autograd::engine::evaluate_function: "
+    rf"GeneratedBackwardFor_{_library.NAMESPACE}_(\w+?)(?:_fwd)?_defaultBackward"
+)
 FASTFORMER = "fastformer"
 OTHER = "other"
 
