@@ -106,3 +106,30 @@ def test_ddp_and_fsdp2_match_single_process(tmp_path):
                 except AssertionError as error:
                     failures.append(str(error) or what)
     assert not failures, "\n".join(failures)
+
+
+def test_dtensor_inputs_are_refused_naming_the_argument(tmp_path):
+    """Tensor parallel is not supported: a sharded weight reaching an op is refused before any
+    launch, naming the argument (not a sharding-strategy error from inside PyTorch)."""
+    code = f"""
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+import fastformer
+
+dist.init_process_group("gloo", init_method="file://{tmp_path / "rendezvous"}", rank=0,
+                        world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+weight = distribute_tensor(torch.randn(8, 16), mesh, [Shard(0)])
+try:
+    fastformer.linear(torch.randn(2, 16), weight)
+except TypeError as error:
+    print(error)
+dist.destroy_process_group()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "weight is a DTensor" in out.stdout and "tensor and sequence parallel" in out.stdout
