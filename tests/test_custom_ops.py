@@ -167,3 +167,37 @@ def test_every_public_op_runs_through_a_kernel_op():
         with _KernelOps() as mode:
             call()
         assert mode.seen, f"{name} dispatched no fastformer_kernels op"
+
+
+def test_direct_call_only_when_nothing_could_observe_it():
+    """Kernel ops skip the dispatcher (its Python wrappers cost ~20 us per call) only for plain
+    tensors with no gradient to record, outside torch.compile and every mode."""
+    allowed = _library.direct_call_allowed
+    x = torch.randn(3)
+    assert allowed((x, None, 1.0, [2, 3], "gelu"))
+    assert allowed((torch.nn.Parameter(torch.randn(3), requires_grad=False), x))
+    grad = torch.randn(3, requires_grad=True)
+    assert not allowed((x, grad))
+    with torch.no_grad():
+        assert allowed((x, grad))
+    assert not allowed((torch.empty(3, device="meta"),))
+    with _KernelOps():
+        assert not allowed((x,))
+    with torch.overrides.TorchFunctionMode():
+        assert not allowed((x,))
+
+    def traced(t):
+        return t + int(allowed((t,)))
+
+    assert torch.compile(traced, backend="eager", fullgraph=True)(torch.zeros(1)).item() == 0
+
+
+def test_direct_and_dispatched_calls_agree():
+    from fastformer.functional.norm import _norm_fwd
+
+    args = (torch.randn(4, 16), torch.randn(4, 16), torch.randn(16), torch.randn(16), 1e-5, False,
+            1)  # fmt: skip
+    direct = _norm_fwd(*args)
+    dispatched = _norm_fwd.overload(*args)
+    for got, want in zip(direct, dispatched, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -72,7 +72,7 @@ def _kernel_options(seed, mask_kind, scale, is_causal, bottom_right, dropout_p, 
     )
 
 
-@torch.library.custom_op(_library.name("attention_fwd"), mutates_args=())
+@_library.kernel_op("attention_fwd")
 def _attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -105,7 +105,7 @@ def _(q, k, v, mask, cu_seqlens_q, *_):
     return q.new_empty(q.shape), stats, stats.clone()
 
 
-@torch.library.custom_op(_library.name("attention_bwd"), mutates_args=())
+@_library.kernel_op("attention_bwd")
 def _attention_bwd(
     do: torch.Tensor,
     dlse: torch.Tensor | None,

@@ -217,7 +217,7 @@ def _differentiable(q, k_cache, v_cache, cache_seqlens, block_table, scale, retu
     )
 
 
-@torch.library.custom_op(_library.name("decode_attention"), mutates_args=())
+@_library.kernel_op("decode_attention")
 def _decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -392,7 +392,7 @@ def _check_rotary(inv_freq, k_cache, head_dim: int, attention_scaling) -> float:
     return float(attention_scaling)
 
 
-@torch.library.custom_op(_library.name("kv_cache_append"), mutates_args=("k_cache", "v_cache"))
+@_library.kernel_op("kv_cache_append", mutates_args=("k_cache", "v_cache"))
 def _kv_cache_append(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,

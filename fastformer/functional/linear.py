@@ -31,7 +31,7 @@ from fastformer.kernels.linear import ACTIVATIONS, linear_bwd, linear_fwd
 GATED_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
-@torch.library.custom_op(_library.name("linear_fwd"), mutates_args=())
+@_library.kernel_op("linear_fwd")
 def _linear_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -59,7 +59,7 @@ def _(x, weight, weight_up, bias, activation, store_pre):
     return y, z, z_up
 
 
-@torch.library.custom_op(_library.name("linear_bwd"), mutates_args=())
+@_library.kernel_op("linear_bwd")
 def _linear_bwd(
     dy: torch.Tensor,
     x: torch.Tensor,

@@ -22,7 +22,7 @@ from fastformer.kernels import _runtime
 from fastformer.kernels.norm import norm_bwd, norm_fwd
 
 
-@torch.library.custom_op(_library.name("norm_fwd"), mutates_args=())
+@_library.kernel_op("norm_fwd")
 def _norm_fwd(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -54,7 +54,7 @@ def _(x, residual, weight, bias, eps, is_rms, n_norm_dims):
     return y, h, stats if not is_rms else _library.nothing(stats), stats.clone()
 
 
-@torch.library.custom_op(_library.name("norm_bwd"), mutates_args=())
+@_library.kernel_op("norm_bwd")
 def _norm_bwd(
     dy: torch.Tensor,
     dh: torch.Tensor | None,

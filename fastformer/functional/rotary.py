@@ -76,7 +76,7 @@ def _to_bshd(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
-@torch.library.custom_op(_library.name("rotary"), mutates_args=())
+@_library.kernel_op("rotary")
 def _rotary(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -121,7 +121,7 @@ def _backward(ctx, dq_out, dk_out):
 _rotary.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op(_library.name("rotary_"), mutates_args=("q", "k"))
+@_library.kernel_op("rotary_", mutates_args=("q", "k"))
 def _rotary_(
     q: torch.Tensor,
     k: torch.Tensor,
