@@ -6,24 +6,24 @@ the leaves), a dtype (fp32/fp16/bf16), occasional NaN and inf, and sometimes a b
 (wrong rank, mixed dtypes, a tensor on the 'meta' device as the "other device"). A valid draw
 must pass ``fastformer.testing``'s rule against the op's eager reference in ``fastformer.reference``
 (float64 truth, NaN positions equal, gradients checked on draws without NaN/inf); a bad draw
-must raise TypeError/ValueError/NotImplementedError naming the argument.
+must raise TypeError/ValueError/NotImplementedError/RuntimeError naming the argument.
 
 Design: one ``@given`` test per op family (layer_norm/rms_norm and linear/gated_linear share one
-each, split by a drawn boolean), ``derandomize=True`` so every run tries the same cases
-(``EXAMPLES`` = 60, ``SLOW_EXAMPLES`` = 25 for attention and decode); the number of cases tried
-per op is counted in ``TRIED`` and ``test_fuzz_case_counts`` (run last in the file) asserts it;
-``pytest --hypothesis-show-statistics tests/test_fuzz_ops.py`` also prints hypothesis' own
-per-test counts and the ``event()`` tallies (valid/refused draws).
+each, split by a drawn boolean), derandomized so that every run tries the same cases
+(``EXAMPLES`` = 60, ``SLOW_EXAMPLES`` = 25 for attention and decode; ``fuzz_support``); each test
+asserts how many cases per op it tried (at least ``MIN_PER_OP``) and reports the counts as a
+``FuzzCount`` warning in pytest's summary (per test, so the counts hold under ``-n 2``). Each
+example seeds torch from its draws (``seed_example``), so a failure replays and shrinks with the
+same tensors. ``test_fuzz_layouts.py`` and ``test_fuzz_caches.py`` cover the other operands'
+layouts and the other call forms.
 Limits: the interpreter is slow, so shapes stay tiny and examples few (whole file < 60 s).
 """
 
 from __future__ import annotations
 
-import collections
-
-import pytest
 import torch
-from hypothesis import HealthCheck, Phase, event, given, settings
+from fuzz_support import TRIED, check_refused, counted, fuzz_settings, seed_example
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 import fastformer
@@ -34,21 +34,10 @@ EXAMPLES = 60
 SLOW_EXAMPLES = 25
 
 
-def _fuzz(examples: int):
-    return settings(
-        derandomize=True,
-        max_examples=examples,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-        database=None,
-        phases=(Phase.explicit, Phase.generate, Phase.shrink),
-    )
-
-
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("contiguous", "transposed", "step", "expanded")
-REFUSALS = (TypeError, ValueError, NotImplementedError)
-TRIED: collections.Counter = collections.Counter()
+# Fewest cases per op in a run (the boolean-split tests share EXAMPLES between 2 ops).
+MIN_PER_OP = 10
 # Chance-like weights for the rarer draws, as hypothesis sampled_from lists.
 SPECIALS = ("none", "none", "none", "nan", "inf")
 
@@ -77,13 +66,6 @@ def _leaf(shape, dtype, layout, special, rng_draw):
     return base, view
 
 
-def _check_refused(call, names):
-    with pytest.raises(REFUSALS) as info:
-        call()
-    message = str(info.value)
-    assert any(name in message for name in names), f"{names} not named in {message!r}"
-
-
 def _check_valid(kernel_fn, reference_fn, leaves, names):
     testing.assert_against_reference(kernel_fn, reference_fn, leaves, names=names)
 
@@ -91,10 +73,12 @@ def _check_valid(kernel_fn, reference_fn, leaves, names):
 # ----------------------------------------------------------------------------------- norms
 
 
-@_fuzz(EXAMPLES)
+@counted("layer_norm", "rms_norm", minimum=MIN_PER_OP)
+@fuzz_settings(EXAMPLES)
 @given(data=st.data(), is_rms=st.booleans())
 def test_fuzz_norm(data, is_rms):
     draw = data.draw
+    seed_example(draw)
     dtype = draw(st.sampled_from(DTYPES))
     lead = draw(st.lists(sizes, min_size=0, max_size=2))
     hidden = draw(positive)
@@ -134,7 +118,7 @@ def test_fuzz_norm(data, is_rms):
         else:
             weight, names = torch.randn(hidden, device="meta"), ["weight"]
         extra = (bias,) if not is_rms else ()
-        _check_refused(lambda: op(view(x), normalized, weight, *extra, residual=residual), names)
+        check_refused(lambda: op(view(x), normalized, weight, *extra, residual=residual), names)
         return
     event("norm valid")
 
@@ -151,10 +135,12 @@ def test_fuzz_norm(data, is_rms):
 # ----------------------------------------------------------------------------------- linear
 
 
-@_fuzz(EXAMPLES)
+@counted("linear", "gated_linear", minimum=MIN_PER_OP)
+@fuzz_settings(EXAMPLES)
 @given(data=st.data(), gated=st.booleans())
 def test_fuzz_linear(data, gated):
     draw = data.draw
+    seed_example(draw)
     dtype = draw(st.sampled_from(DTYPES))
     lead = draw(st.lists(sizes, min_size=0, max_size=2))
     in_f, out_f = draw(positive), draw(sizes)
@@ -191,7 +177,7 @@ def test_fuzz_linear(data, gated):
             w = torch.randn(out_f, in_f + 1).to(dtype)
         else:
             activation, names = "tanh", ["activation"]
-        _check_refused(lambda: call(x.detach(), w, w2.detach(), bias), names)
+        check_refused(lambda: call(x.detach(), w, w2.detach(), bias), names)
         return
     event("linear valid")
 
@@ -206,10 +192,12 @@ def test_fuzz_linear(data, gated):
 # -------------------------------------------------------------------------------- attention
 
 
-@_fuzz(SLOW_EXAMPLES)
+@counted("scaled_dot_product_attention", minimum=MIN_PER_OP)
+@fuzz_settings(SLOW_EXAMPLES)
 @given(data=st.data())
 def test_fuzz_attention(data):
     draw = data.draw
+    seed_example(draw)
     dtype = draw(st.sampled_from(DTYPES))
     batch, kv_heads, group = draw(sizes), draw(positive), draw(st.integers(1, 3))
     seq_q, seq_k, head_dim = draw(sizes), draw(sizes), draw(st.integers(1, 8))
@@ -254,7 +242,7 @@ def test_fuzz_attention(data):
         else:
             k = torch.randn(batch, heads + 1, seq_k, head_dim).to(dtype)
             kview = lambda t: t  # noqa: E731
-        _check_refused(lambda: call(fastformer.scaled_dot_product_attention)(q, k, v, mask), names)
+        check_refused(lambda: call(fastformer.scaled_dot_product_attention)(q, k, v, mask), names)
         return
     event(f"attention valid ({mask_kind})")
     _check_valid(
@@ -268,10 +256,12 @@ def test_fuzz_attention(data):
 # ---------------------------------------------------------------------------------- rotary
 
 
-@_fuzz(EXAMPLES)
+@counted("apply_rotary", minimum=MIN_PER_OP)
+@fuzz_settings(EXAMPLES)
 @given(data=st.data())
 def test_fuzz_rotary(data):
     draw = data.draw
+    seed_example(draw)
     dtype = draw(st.sampled_from(DTYPES))
     batch, seq, heads, kv_heads = draw(sizes), draw(sizes), draw(positive), draw(positive)
     half = draw(st.integers(1, 4))
@@ -307,7 +297,7 @@ def test_fuzz_rotary(data):
             k = k.detach().to("meta")
         else:
             inv_freq, names = torch.rand(head_dim + 1), ["inv_freq"]
-        _check_refused(lambda: call(fastformer.apply_rotary)(q, k, inv_freq), names)
+        check_refused(lambda: call(fastformer.apply_rotary)(q, k, inv_freq), names)
         return
     event("rotary valid")
     _check_valid(
@@ -321,10 +311,12 @@ def test_fuzz_rotary(data):
 # ---------------------------------------------------------------------------------- decode
 
 
-@_fuzz(SLOW_EXAMPLES)
+@counted("decode_attention", minimum=MIN_PER_OP)
+@fuzz_settings(SLOW_EXAMPLES)
 @given(data=st.data())
 def test_fuzz_decode(data):
     draw = data.draw
+    seed_example(draw)
     dtype = draw(st.sampled_from(DTYPES))
     batch, kv_heads, group = draw(sizes), draw(positive), draw(st.integers(1, 3))
     seq_q, capacity, head_dim = draw(positive), draw(st.integers(1, 8)), draw(st.integers(1, 8))
@@ -363,7 +355,7 @@ def test_fuzz_decode(data):
         else:
             cache_seqlens, names = cache_seqlens.long(), ["cache_seqlens"]
         run = call(fastformer.decode_attention)
-        _check_refused(lambda: run(q, k_cache, v_cache), names)
+        check_refused(lambda: run(q, k_cache, v_cache), names)
         return
     event("decode valid")
     _check_valid(
@@ -372,19 +364,3 @@ def test_fuzz_decode(data):
         [q, k_cache, v_cache],
         ["q", "k_cache", "v_cache"],
     )
-
-
-OPS = (
-    "layer_norm", "rms_norm", "linear", "gated_linear", "scaled_dot_product_attention",
-    "apply_rotary", "decode_attention",
-)  # fmt: skip
-# Fewest cases per op over a whole run (the boolean-split tests share EXAMPLES between 2 ops).
-MIN_PER_OP = 10
-
-
-def test_fuzz_case_counts():
-    """Runs after the fuzz tests (file order): each op was tried, and how often, in the ids."""
-    if not TRIED:
-        pytest.skip("the fuzz tests did not run in this session (selected alone)")
-    for op in OPS:
-        assert TRIED[op] >= MIN_PER_OP, f"{op}: only {TRIED[op]} cases tried ({dict(TRIED)})"
