@@ -3,20 +3,29 @@ the repository, not in it) has a test here that names it: a docstring or comment
 "CASES <id>" (or "CASES A1 and A8", "CASES F1-F3", "CASES A13/I1"). The ids are listed in this
 file, since CI's clean clone has no CASES.md; a test removed with its last mention fails here.
 
-Where each case is checked (the first file named, others add to it):
+Where each case is checked (first the file with its main test; GPU: full size, GPU only):
 
-    A1 test_attention.py   A2 test_attention_varlen.py   A3 test_attention.py
-    A4 test_attention.py   A5 test_attention_inputs.py, test_norm_edge_cases.py, test_rotary.py,
-    test_linear.py, test_gated.py   A6 test_attention_varlen.py   A7 test_attention.py,
-    test_cases_gaps.py   A8 test_attention.py, test_cases_gaps.py   A9 test_attention_inputs.py,
-    test_rotary.py   A10 test_attention_inputs.py   A11 test_attention_inputs.py (GPU),
-    test_cases_gaps.py (grid, CPU)   A12 test_attention_dropout.py   A13
-    test_attention_inputs.py, test_rotary_hf.py   A14 test_cases_gaps.py
-    N1 test_norm.py   N2 test_norm.py   N3 test_norm_edge_cases.py (GPU)   N4
-    test_norm_edge_cases.py   N5 test_norm_layouts.py
-    F1 test_linear.py   F2 test_linear.py (GPU; int64 path forced on CPU)   F3 test_linear.py,
-    test_gated.py   R1 test_rotary_hf.py   R2 test_rotary.py, test_rotary_hf.py   R3
-    test_rotary.py   I1 test_rotary_hf.py   I2 test_cases_gaps.py
+    A1  test_attention.py                    A2  test_attention_varlen.py, test_attention.py
+    A3  test_attention.py                    A4  test_attention.py
+    A5  test_attention_inputs.py, test_norm_edge_cases.py, test_rotary.py, test_linear.py,
+        test_gated.py
+    A6  test_attention_varlen.py             A7  test_attention.py, test_cases_gaps.py (limit)
+    A8  test_attention.py, test_cases_gaps.py (8, 1025; GPU: every length)
+    A9  test_attention_inputs.py, test_rotary.py
+    A10 test_attention_inputs.py, test_cases_gaps.py (every repeat against float64)
+    A11 test_attention_inputs.py (GPU), test_cases_gaps.py (launch grid, CPU)
+    A12 test_attention_dropout.py            A13 test_attention_inputs.py, test_compile.py,
+                                                 test_rotary_hf.py
+    A14 test_cases_gaps.py (refused, naming both head dims)
+    N1  test_norm.py                         N2  test_norm.py
+    N3  test_norm_edge_cases.py (GPU)        N4  test_norm_edge_cases.py (CPU size, and GPU)
+    N5  test_norm_layouts.py                 F1  test_linear.py
+    F2  test_linear.py (GPU; the int64 path forced at a small size on CPU)
+    F3  test_linear.py, test_gated.py        R1  test_rotary_hf.py
+    R2  test_rotary.py, test_rotary_hf.py    R3  test_rotary.py
+    I1  test_compile.py, test_rotary_hf.py   I2  test_cases_gaps.py
+
+The fuzz tests (test_fuzz_*.py) add odd layouts, sizes 0 and 1, NaN and inf to all of them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 layout of the other operands too (weights, v, the KV caches: transposed, step-sliced
 ``x[..., ::2]``, row-sliced ``x[1:]`` with a storage offset, expanded with stride 0), puts NaN and
 inf in them, and fuzzes the call forms it does not reach: sliding windows and both causal
-alignments, seeded dropout and packed sequences (``cu_seqlens``); ``test_fuzz_caches.py`` does
+alignments, seeded dropout, packed sequences (``cu_seqlens``), rotary position ids, offsets and
+in-place rotation; ``test_fuzz_caches.py`` does
 the same for the KV-cache ops. Bad draws (mixed dtypes, a tensor on the 'meta' device, wrong
 ranks, bad offsets or rates) must be refused with an error naming the argument.
 
@@ -45,6 +46,7 @@ from fastformer.kernels import attention_common
 EXAMPLES = 40
 # The attention draws cost ~0.3 s each in the interpreter: fewer of them.
 SLOW_EXAMPLES = 30
+DTYPES_INT = (torch.int64, torch.int32)
 
 
 # ------------------------------------------------------------------------- norms and linear
@@ -287,4 +289,59 @@ def test_fuzz_varlen(data):
     leaves = [t.requires_grad_(special == "none") for t in (q, k, v)]
     testing.assert_against_reference(
         call(fastformer.varlen_attention), call(reference.varlen_attention), leaves
+    )
+
+
+# ----------------------------------------------------------------------------------- rotary
+
+
+@counted("apply_rotary", minimum=20)
+@fuzz_settings(EXAMPLES)
+@given(data=st.data())
+def test_fuzz_rotary_operands(data):
+    draw = data.draw
+    seed_example(draw)
+    dtype = draw(st.sampled_from(DTYPES))
+    batch, seq, heads, kv_heads = draw(sizes), draw(sizes), draw(positive), draw(positive)
+    half = draw(positive)
+    head_dim = 2 * half + 2 * draw(st.sampled_from((0, 1)))
+    interleaved, inplace = draw(st.booleans()), draw(st.booleans())
+    q, qview = leaf([batch, seq, heads, head_dim], dtype, draw(st.sampled_from(LAYOUTS)))
+    k_layout, special = draw(st.sampled_from(LAYOUTS)), draw(st.sampled_from(SPECIALS))
+    k, kview = leaf([batch, seq, kv_heads, head_dim], dtype, k_layout, special, draw)
+    freq_layout = draw(st.sampled_from(LAYOUTS))
+    inv_freq, fview = leaf([half], torch.float32, freq_layout, scale=0.0)
+    inv_freq += 1.0 / (10000.0 ** (torch.arange(inv_freq.shape[0]) / half))
+    positions = draw(st.sampled_from(("offset", "ids", "row")))
+    options = dict(offset=draw(st.sampled_from((0, 5, 4090))), interleaved=interleaved)
+    if positions != "offset":
+        rows = batch if positions == "ids" else 1
+        ids = torch.randint(0, 5000, (rows, seq), dtype=draw(st.sampled_from(DTYPES_INT)))
+        options["position_ids"] = ids
+    bad = bad_choice(draw, ("device", "dtype", "rank", "ids"))
+    TRIED["apply_rotary"] += 1
+
+    def call(fn, inplace=False):
+        def run(q, k, inv_freq):
+            views = qview(q), kview(k), fview(inv_freq)
+            if inplace:  # on fresh copies of the views, which autograd lets be written
+                views = views[0].clone(), views[1].clone(), views[2]
+            return fn(*views, inplace=inplace, **options)
+
+        return run
+
+    if bad != "none":
+        event(f"rotary refused: {bad}")
+        names = ["k"]
+        if bad == "ids":
+            options["position_ids"], names = torch.zeros(batch, seq), ["position_ids"]
+        else:
+            k, kview = spoil(kview(k), bad, dtype), IDENTITY
+        check_refused(lambda: call(fastformer.apply_rotary)(q, k, inv_freq), names)
+        return
+    event(f"rotary valid, k {k_layout}, inv_freq {freq_layout}, {positions}, {special}")
+    grad = special == "none"
+    leaves = [q.requires_grad_(grad), k.requires_grad_(grad), inv_freq]
+    testing.assert_against_reference(
+        call(fastformer.apply_rotary, inplace), call(reference.apply_rotary), leaves
     )
