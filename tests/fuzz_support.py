@@ -17,9 +17,11 @@ import torch
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
+from fastformer import testing
+
 # A bad draw must raise one of these, naming the argument.
 REFUSALS = (TypeError, ValueError, NotImplementedError, RuntimeError)
-# Cases tried per op, and refused draws (key "refused"), over this process.
+# Cases tried per op, and calls matched / refused (keys "matched", "refused"), in this process.
 TRIED: collections.Counter = collections.Counter()
 
 
@@ -40,19 +42,21 @@ def fuzz_settings(examples: int):
 
 
 def counted(*ops: str, minimum: int = 10):
-    """Run the hypothesis test, then assert and report how many cases of each op it tried."""
+    """Run the hypothesis test, then assert and report how many cases of each op it tried, and
+    how many calls were checked against the reference ("matched") and refused."""
 
     def wrap(given_test):
         def test():
-            before, refused_before = {op: TRIED[op] for op in ops}, TRIED["refused"]
+            keys = (*ops, "matched", "refused")
+            before = {key: TRIED[key] for key in keys}
             given_test()
-            tried = {op: TRIED[op] - before[op] for op in ops}
-            refused = TRIED["refused"] - refused_before
-            report = ", ".join(f"{op}: {n}" for op, n in tried.items())
-            warnings.warn(FuzzCount(f"cases tried: {report} ({refused} refused)"), stacklevel=1)
-            for op, n in tried.items():
-                assert n >= minimum, f"{op}: only {n} cases tried"
-            assert 0 < refused < sum(tried.values()), f"{refused} of {tried} cases refused"
+            n = {key: TRIED[key] - before[key] for key in keys}
+            report = ", ".join(f"{key}: {n[key]}" for key in ops)
+            report += f"; calls matched: {n['matched']}, refused: {n['refused']}"
+            warnings.warn(FuzzCount(f"cases tried: {report}"), stacklevel=1)
+            for op in ops:
+                assert n[op] >= minimum, f"{op}: only {n[op]} cases tried"
+            assert n["matched"] > 0 and n["refused"] > 0, report
 
         test.__name__, test.__doc__ = given_test.__name__, given_test.__doc__
         return test
@@ -64,6 +68,12 @@ def seed_example(draw) -> None:
     """Seed torch from the drawn data, so that an example's tensors (and the gradients that
     ``fastformer.testing`` draws) are the same when hypothesis replays or shrinks it."""
     torch.manual_seed(draw(st.integers(0, 2**31 - 1)))
+
+
+def check_matches(kernel_fn, reference_fn, leaves, **kwargs):
+    """``fastformer.testing``'s rule (raising), counted as a matched call."""
+    TRIED["matched"] += 1
+    testing.assert_against_reference(kernel_fn, reference_fn, leaves, **kwargs)
 
 
 def check_refused(call, names):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from fuzz_support import (
     DTYPES,
-    IDENTITY,
     LAYOUTS,
     SPECIALS,
     TRIED,
     bad_choice,
+    check_matches,
     check_refused,
     counted,
     down_from,
@@ -78,25 +78,25 @@ def test_fuzz_decode_caches(data):
 
         return run
 
-    if head_dim == 0 and bad == "none":
-        check_refused(lambda: call(fastformer.decode_attention)(q, k, v), ["head_dim"])
-        return
-    if bad != "none":
+    decode = fastformer.decode_attention
+    if bad != "none":  # the same call with a bad argument is refused; then the valid one
         event(f"decode refused: {bad}")
-        names = ["v_cache"]
+        names, bad_v, bad_table = ["v_cache"], vview(v), table
         if bad == "table":
-            table, names = table.long(), ["block_table"]
+            bad_table, names = table.long(), ["block_table"]
         else:
-            v, vview = spoil(vview(v), bad, dtype), IDENTITY
+            bad_v = spoil(bad_v, bad, dtype)
         names += ["head_dim"] if head_dim == 0 else []  # either fault may be named
-        check_refused(lambda: call(fastformer.decode_attention, table)(q, k, v), names)
+        check_refused(
+            lambda: decode(qview(q), kview(k), bad_v, lengths, block_table=bad_table), names
+        )
+    if head_dim == 0:
+        check_refused(lambda: call(decode)(q, k, v), ["head_dim"])
         return
     event(f"decode valid, paged {paged}, v {v_layout} {special}")
     grad = special == "none" and batch > 0
     leaves = [t.requires_grad_(grad) for t in (q, k, v)]
-    testing.assert_against_reference(
-        call(fastformer.decode_attention), call(reference.decode_attention), leaves
-    )
+    check_matches(call(fastformer.decode_attention), call(reference.decode_attention), leaves)
 
 
 @counted("kv_cache_append_", minimum=20)
@@ -141,12 +141,18 @@ def test_fuzz_kv_cache_append(data):
             inv_freq=inv_freq, new_seqlens=counts, block_table=table,
         )  # fmt: skip
 
-    if bad != "none":
+    if bad != "none":  # the same call with a bad v_new is refused (on copies); then the valid one
         event(f"append refused: {bad}")
-        v_new, vnview = spoil(vnview(v_new), bad, dtype), IDENTITY
-        append = fastformer.kv_cache_append_
-        check_refused(lambda: run(append, k_cache, v_cache, k_new, v_new), ["v_new"])
-        return
+        spare = [t.detach().clone() for t in (k_cache, v_cache)]
+        bad_v_new = spoil(vnview(v_new), bad, dtype)
+
+        def call_bad():
+            return fastformer.kv_cache_append_(
+                kview(spare[0]), vview(spare[1]), knview(k_new), bad_v_new, lengths,
+                inv_freq=inv_freq, new_seqlens=counts, block_table=table,
+            )  # fmt: skip
+
+        check_refused(call_bad, ["v_new"])
     event(f"append valid, paged {paged}, cache {cache_layout}, {special}")
     caches = {}
     for name, dt, fn in (
@@ -163,3 +169,4 @@ def test_fuzz_kv_cache_append(data):
             cache_name, caches["kernel"][i], caches["float64"][i], caches["eager"][i]
         )
         assert result.ok, str(result)
+    TRIED["matched"] += 1

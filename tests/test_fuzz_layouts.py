@@ -1,17 +1,19 @@
 """Hypothesis fuzz tests, part 2: what ``test_fuzz_ops.py`` leaves out.
 
 ``test_fuzz_ops.py`` varies the layout of the first input of each op. This file varies the
-layout of the other operands too (weights, v, the KV caches: transposed, step-sliced
+layout of the other operands too (weights, k, v, masks, inv_freq: transposed, step-sliced
 ``x[..., ::2]``, row-sliced ``x[1:]`` with a storage offset, expanded with stride 0), puts NaN and
 inf in them, and fuzzes the call forms it does not reach: sliding windows and both causal
 alignments, seeded dropout, packed sequences (``cu_seqlens``), rotary position ids, offsets and
-in-place rotation; ``test_fuzz_caches.py`` does
-the same for the KV-cache ops. Bad draws (mixed dtypes, a tensor on the 'meta' device, wrong
-ranks, bad offsets or rates) must be refused with an error naming the argument.
+in-place rotation; ``test_fuzz_caches.py`` does the same for the KV-cache ops. Sizes 0 and 1
+come up in every dim (head_dim 0 is refused, naming head_dim).
 
-Every test is derandomized with a fixed ``max_examples`` (``fuzz_support.fuzz_settings``), and
+Every draw's call must match eager within ``fastformer.testing``'s rule; a draw that also picks a
+bad argument (mixed dtypes, a tensor on the 'meta' device, a wrong rank, bad offsets or rates)
+first makes the same call with it, which must be refused naming the argument. Every test is
+derandomized with a fixed ``max_examples`` and seeds torch per example (``fuzz_support``), and
 ``fuzz_support.counted`` asserts and reports (a ``FuzzCount`` warning in pytest's summary) how many
-cases each one tried and refused.
+cases each one tried, and how many calls matched and were refused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fuzz_support import (
     SPECIALS,
     TRIED,
     bad_choice,
+    check_matches,
     check_refused,
     counted,
     fuzz_settings,
@@ -39,7 +42,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import fastformer
-from fastformer import reference, testing
+from fastformer import reference
 from fastformer.functional.attention import MAX_SEED
 from fastformer.kernels import attention_common
 
@@ -77,15 +80,17 @@ def test_fuzz_norm_weight_layouts(data):
 
         return run
 
-    if bad != "none":
+    if bad != "none":  # the same call with a bad residual is refused; then the valid one
         event(f"norm refused: {bad}")
-        r, rview = spoil(rview(r), bad, dtype), IDENTITY
-        check_refused(lambda: call(op)(x, w, b, r), ["residual"])
-        return
+        extra = () if is_rms else (bview(b),)
+        bad_r = spoil(rview(r), bad, dtype)
+        check_refused(
+            lambda: op(xview(x), (hidden,), wview(w), *extra, residual=bad_r), ["residual"]
+        )
     event(f"norm valid, weight {w_layout} {w_special}")
     grad = w_special == "none"
     leaves = [t.requires_grad_(grad) for t in (x, w, b, r)]
-    testing.assert_against_reference(call(op), call(ref), leaves, names=["x", "w", "b", "r"])
+    check_matches(call(op), call(ref), leaves, names=["x", "w", "b", "r"])
 
 
 @counted("linear", minimum=20)
@@ -115,20 +120,24 @@ def test_fuzz_linear_weight_layouts(data):
 
         return run
 
-    if bad != "none":
+    if bad != "none":  # the same call with a bad weight_up / bias is refused; then the valid one
         event(f"linear refused: {bad}")
         names = ["weight_up"] if gated else ["bias"]
-        w2, w2view = spoil(w2view(w2), bad, dtype), IDENTITY
-        b, bview = spoil(bview(b), bad, dtype), IDENTITY
-        check_refused(lambda: call(fastformer.linear, fastformer.gated_linear)(x, w, w2, b), names)
-        return
+        bad_w2, bad_b = spoil(w2view(w2), bad, dtype), spoil(bview(b), bad, dtype)
+        if gated:
+            call_bad = lambda: fastformer.gated_linear(  # noqa: E731
+                xview(x), wview(w), bad_w2, activation=activation
+            )
+        else:
+            call_bad = lambda: fastformer.linear(xview(x), wview(w), bad_b, activation=activation)  # noqa: E731
+        check_refused(call_bad, names)
     event(f"linear valid, weight {w_layout} {w_special}")
     grad = w_special == "none"
     leaves = [x, w, w2 if gated else None, None if gated else b]
     for t in leaves:
         if t is not None:
             t.requires_grad_(grad)
-    testing.assert_against_reference(
+    check_matches(
         call(fastformer.linear, fastformer.gated_linear),
         call(reference.linear, reference.gated_linear),
         leaves,
@@ -158,7 +167,10 @@ def test_fuzz_attention_operands(data):
     v, vview = leaf([batch, kv_heads, seq_k, head_dim], dtype, v_layout, v_special, draw)
     mask = None
     if draw(st.booleans()) and not is_causal and window is None:
-        mask, mview = leaf([seq_q, seq_k], dtype, draw(st.sampled_from(LAYOUTS)))
+        mask_special = draw(st.sampled_from(SPECIALS))  # NaN or +inf in a float mask
+        mask, mview = leaf(
+            [seq_q, seq_k], dtype, draw(st.sampled_from(LAYOUTS)), mask_special, draw
+        )
     else:
         mview = IDENTITY
     bad = bad_choice(draw, ("device", "rank", "dtype"))
@@ -172,21 +184,20 @@ def test_fuzz_attention_operands(data):
 
         return run
 
-    if head_dim == 0 and bad == "none":  # torch returns an empty result; refused here
-        check_refused(
-            lambda: call(fastformer.scaled_dot_product_attention)(q, k, v, mask), ["head_dim"]
-        )
-        return
-    if bad != "none":
+    sdpa = fastformer.scaled_dot_product_attention
+    if bad != "none":  # the same call with a bad v is refused; then the valid one
         event(f"attention refused: {bad}")
-        v, vview = spoil(vview(v), bad, dtype), IDENTITY
+        bad_v, m = spoil(vview(v), bad, dtype), None if mask is None else mview(mask)
         names = ["v", "head_dim"] if head_dim == 0 else ["v"]  # either fault may be named
-        check_refused(lambda: call(fastformer.scaled_dot_product_attention)(q, k, v, mask), names)
+        gqa = group > 1
+        check_refused(lambda: sdpa(qview(q), kview(k), bad_v, m, enable_gqa=gqa, **options), names)
+    if head_dim == 0:  # torch returns an empty result; refused here
+        check_refused(lambda: call(sdpa)(q, k, v, mask), ["head_dim"])
         return
     event(f"attention valid, v {v_layout} {v_special}, window {window is not None}")
     grad = v_special == "none"
     leaves = [t.requires_grad_(grad) for t in (q, k, v)] + [mask]
-    testing.assert_against_reference(
+    check_matches(
         call(fastformer.scaled_dot_product_attention),
         call(reference.scaled_dot_product_attention),
         leaves,
@@ -213,7 +224,6 @@ def test_fuzz_attention_dropout(data):
         bad_rate = draw(st.sampled_from((1.5, -0.1, float("nan"), True)))
         call = fastformer.scaled_dot_product_attention
         check_refused(lambda: call(qview(q), kview(k), vview(v), dropout_p=bad_rate), ["dropout_p"])
-        return
     torch.manual_seed(seed)  # the kernel's seed: torch's next draw below MAX_SEED
     kernel_seed = int(torch.randint(0, MAX_SEED, (1,)).item())
     problem = attention_common.Problem(batch, heads, heads, seq_q, seq_k, head_dim)
@@ -233,7 +243,7 @@ def test_fuzz_attention_dropout(data):
     with torch.no_grad():
         assert torch.equal(kernel(q, k, v), kernel(q, k, v)), "same seed, other output"
     leaves = [t.requires_grad_() for t in (q, k, v)]
-    testing.assert_against_reference(kernel, eager, leaves, names=["q", "k", "v"])
+    check_matches(kernel, eager, leaves, names=["q", "k", "v"])
 
 
 @counted("varlen_attention", minimum=20)
@@ -267,10 +277,7 @@ def test_fuzz_varlen(data):
 
         return run
 
-    if head_dim == 0 and bad == "none":
-        check_refused(lambda: call(fastformer.varlen_attention)(q, k, v), ["head_dim"])
-        return
-    if bad != "none":
+    if bad != "none":  # the same call with a bad argument is refused; then the valid one
         event(f"varlen refused: {bad}")
         names = ["cu_seqlens_q"]
         if bad == "cu_dtype":
@@ -281,15 +288,19 @@ def test_fuzz_varlen(data):
         elif bad == "cu_device":
             bad_cu = cu_q.to("meta")
         else:
-            bad_cu, q, qview, names = cu_q, qview(q)[None], IDENTITY, ["q"]
+            bad_cu, names = cu_q, ["q"]
+        bad_q = qview(q)[None] if bad == "rank" else qview(q)
         names += ["head_dim"] if head_dim == 0 else []  # either fault may be named
-        check_refused(lambda: call(fastformer.varlen_attention, bad_cu)(q, k, v), names)
+        check_refused(
+            lambda: fastformer.varlen_attention(bad_q, kview(k), vview(v), bad_cu, cu_k, **options),
+            names,
+        )
+    if head_dim == 0:
+        check_refused(lambda: call(fastformer.varlen_attention)(q, k, v), ["head_dim"])
         return
     event(f"varlen valid, {special}")
     leaves = [t.requires_grad_(special == "none") for t in (q, k, v)]
-    testing.assert_against_reference(
-        call(fastformer.varlen_attention), call(reference.varlen_attention), leaves
-    )
+    check_matches(call(fastformer.varlen_attention), call(reference.varlen_attention), leaves)
 
 
 # ----------------------------------------------------------------------------------- rotary
@@ -330,18 +341,16 @@ def test_fuzz_rotary_operands(data):
 
         return run
 
-    if bad != "none":
+    if bad != "none":  # the same call with a bad k / position_ids is refused; then the valid one
         event(f"rotary refused: {bad}")
-        names = ["k"]
+        bad_options, bad_k, names = dict(options), kview(k), ["k"]
         if bad == "ids":
-            options["position_ids"], names = torch.zeros(batch, seq), ["position_ids"]
+            bad_options["position_ids"], names = torch.zeros(batch, seq), ["position_ids"]
         else:
-            k, kview = spoil(kview(k), bad, dtype), IDENTITY
-        check_refused(lambda: call(fastformer.apply_rotary)(q, k, inv_freq), names)
-        return
+            bad_k = spoil(bad_k, bad, dtype)
+        rotary = fastformer.apply_rotary
+        check_refused(lambda: rotary(qview(q), bad_k, fview(inv_freq), **bad_options), names)
     event(f"rotary valid, k {k_layout}, inv_freq {freq_layout}, {positions}, {special}")
     grad = special == "none"
     leaves = [q.requires_grad_(grad), k.requires_grad_(grad), inv_freq]
-    testing.assert_against_reference(
-        call(fastformer.apply_rotary, inplace), call(reference.apply_rotary), leaves
-    )
+    check_matches(call(fastformer.apply_rotary, inplace), call(reference.apply_rotary), leaves)

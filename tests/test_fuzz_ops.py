@@ -22,12 +22,12 @@ Limits: the interpreter is slow, so shapes stay tiny and examples few (whole fil
 from __future__ import annotations
 
 import torch
-from fuzz_support import TRIED, check_refused, counted, fuzz_settings, seed_example
+from fuzz_support import TRIED, check_matches, check_refused, counted, fuzz_settings, seed_example
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 import fastformer
-from fastformer import reference, testing
+from fastformer import reference
 
 EXAMPLES = 60
 # Attention and decode cost ~0.5 s a valid case in the interpreter: fewer of them.
@@ -67,7 +67,7 @@ def _leaf(shape, dtype, layout, special, rng_draw):
 
 
 def _check_valid(kernel_fn, reference_fn, leaves, names):
-    testing.assert_against_reference(kernel_fn, reference_fn, leaves, names=names)
+    check_matches(kernel_fn, reference_fn, leaves, names=names)
 
 
 # ----------------------------------------------------------------------------------- norms
