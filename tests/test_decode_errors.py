@@ -294,3 +294,25 @@ def test_rotate_queries_rejects(case):
     args.update(changes)
     with pytest.raises(error, match=message):
         fastformer.rotate_queries(**args)
+
+
+@pytest.mark.parametrize("form", ["expanded v_cache", "overlapping k_cache", "k and v in one"])
+def test_append_refuses_caches_with_shared_elements(form, device):
+    """The append writes every cache element once: an expanded cache (rows would overwrite
+    each other; on a GPU, race) or caches sharing memory are refused, naming the cache."""
+    k_cache = torch.zeros(2, 2, 5, 4, device=device)
+    v_cache = torch.zeros(2, 2, 5, 4, device=device)
+    name = "v_cache"
+    if form == "expanded v_cache":
+        v_cache = torch.zeros(1, 2, 5, 4, device=device).expand(2, 2, 5, 4)
+    elif form == "overlapping k_cache":
+        k_cache = torch.zeros(64, device=device).as_strided((2, 2, 5, 4), (8, 4, 4, 1))
+        name = "k_cache"
+    else:
+        v_cache, name = k_cache[:, :, :], "k_cache and v_cache share memory"
+    k_new, v_new = (torch.randn(2, 2, 3, 4, device=device) for _ in "kv")
+    lengths = torch.tensor([0, 1], dtype=torch.int32, device=device)
+    before = (k_cache.clone(), v_cache.clone())
+    with pytest.raises(ValueError, match=name):
+        fastformer.kv_cache_append_(k_cache, v_cache, k_new, v_new, lengths)
+    assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])  # no launch

@@ -55,7 +55,7 @@ import math
 import torch
 
 from fastformer import reference
-from fastformer.functional import _checks, _fallback, _library, _ranges
+from fastformer.functional import _checks, _fallback, _library, _overlap, _ranges
 from fastformer.functional.attention import scaled_dot_product_attention
 from fastformer.functional.rotary import apply_rotary
 from fastformer.kernels import _runtime
@@ -372,6 +372,23 @@ def _check_new(k_new, v_new, k_cache, v_cache, n_kv_heads: int, head_dim: int) -
             )
 
 
+def _check_writable(k_cache, v_cache) -> None:
+    """The append writes each cache element once: none may be shared (an expanded cache, or
+    k_cache and v_cache overlapping), or rows would overwrite each other (race on a GPU)."""
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if _overlap.shares_within(cache):
+            raise ValueError(
+                f"{name} (shape={tuple(cache.shape)}, stride={cache.stride()}) has elements "
+                "that share memory (an expanded or overlapping view); kv_cache_append_ writes "
+                "it in place: pass a cache with one element per position"
+            )
+    if _overlap.shares_between(k_cache, v_cache):
+        raise ValueError(
+            "k_cache and v_cache share memory; kv_cache_append_ writes both in place: pass "
+            "distinct caches"
+        )
+
+
 def _check_rotary(inv_freq, k_cache, head_dim: int, attention_scaling) -> float:
     if inv_freq is None:
         return 1.0
@@ -466,7 +483,9 @@ def kv_cache_append_(
         new_seqlens: (batch,) int32, how many of the seqlen_new tokens of each row are real
             (right-padded prompts); None: all of them.
         block_table: (batch, max_blocks) int32, paged cache only.
-        validate: refuse overflowing rows before the launch (one host sync).
+        validate: refuse overflowing rows before the launch (one host sync), and caches
+            whose elements are shared (expanded or overlapping views, k_cache and v_cache in
+            one another).
     Returns:
         The new lengths, ``cache_seqlens + new tokens`` ((batch,) int32, a new tensor).
     """
@@ -475,10 +494,12 @@ def kv_cache_append_(
     batch = k_new.shape[0]
     n_kv_heads, head_dim, capacity = _check_cache(k_cache, v_cache, block_table, batch)
     _check_new(k_new, v_new, k_cache, v_cache, n_kv_heads, head_dim)
+    _check_flag("validate", validate)
+    if validate:
+        _check_writable(k_cache, v_cache)
     _check_lengths(cache_seqlens, batch, k_cache.device)
     attention_scaling = _check_rotary(inv_freq, k_cache, head_dim, attention_scaling)
     _check_flag("interleaved", interleaved)
-    _check_flag("validate", validate)
     seqlen_new = k_new.shape[2]
     added = seqlen_new
     if new_seqlens is not None:

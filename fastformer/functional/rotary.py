@@ -54,17 +54,13 @@ import operator
 import torch
 
 from fastformer import reference
-from fastformer.functional import _autograd, _checks, _fallback, _library, _ranges
+from fastformer.functional import _autograd, _checks, _fallback, _library, _overlap, _ranges
 from fastformer.kernels import _runtime
 from fastformer.kernels.rotary import packed_positions, rotary_fwd
 
 LAYOUTS = ("bshd", "bhsd", "thd")
 INT64_LIMIT = 2**63
 INDEX_DTYPES = (torch.int32, torch.int64)
-# Steps of the overlap search for in-place calls before it falls back to comparing every
-# element's offset on the device (a host sync); nested strides (any view of one dense buffer)
-# take a few steps per axis.
-OVERLAP_SEARCH_BUDGET = 4096
 
 
 def _to_bshd(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -302,90 +298,16 @@ def _check_positions(position_ids, offset, cu_seqlens, layout, q4, q):
     return offset
 
 
-def _lattice_solution(target, dims, nonzero, budget=OVERLAP_SEARCH_BUDGET):
-    """Whether ``sum(m * stride) == target`` for integers ``lo <= m <= hi`` per (stride, lo, hi).
-
-    A depth-first search from the largest stride, each step keeping only the ``m`` that the
-    smaller strides can still make up; ``nonzero`` excludes the all-zero solution. Returns None
-    when the search takes more than ``budget`` steps (strides that are not nested).
-    """
-    dims = sorted(dims, key=lambda dim: -dim[0])
-    reach = [0] * (len(dims) + 1)  # reach[j]: the most dims j.. can add or take away
-    for j in range(len(dims) - 1, -1, -1):
-        stride, lo, hi = dims[j]
-        reach[j] = reach[j + 1] + stride * max(-lo, hi)
-    steps = 0
-
-    def search(j, rest, used):
-        nonlocal steps
-        steps += 1
-        if steps > budget:
-            raise OverflowError
-        if j == len(dims):
-            return rest == 0 and (used or not nonzero)
-        stride, lo, hi = dims[j]
-        low = max(lo, -((reach[j + 1] - rest) // stride))  # ceil((rest - reach) / stride)
-        high = min(hi, (rest + reach[j + 1]) // stride)
-        return any(search(j + 1, rest - m * stride, used or m != 0) for m in range(low, high + 1))
-
-    try:
-        return search(0, target, False)
-    except OverflowError:
-        return None
-
-
-def _element_offsets(x):
-    offsets = torch.full((), x.storage_offset(), dtype=torch.int64, device=x.device)
-    for size, stride in zip(x.shape, x.stride(), strict=True):
-        step = torch.arange(size, dtype=torch.int64, device=x.device) * stride
-        offsets = offsets.unsqueeze(-1) + step
-    return offsets.flatten()
-
-
 def _check_overlap(q, k):
     """In place needs every element of q and k written once: no element shared (see module doc)."""
     for name, x in (("q", q), ("k", k)):
-        dims = [
-            (stride, 1 - size, size - 1) for size, stride in zip(x.shape, x.stride(), strict=True)
-        ]
-        if x.numel() > 1 and any(stride == 0 for stride, lo, hi in dims if hi > 0):
-            shared = True  # a broadcast (expanded) axis
-        else:
-            dims = [dim for dim in dims if dim[2] > 0]
-            shared = _lattice_solution(0, dims, nonzero=True)
-            if shared is None:
-                offsets = _element_offsets(x)
-                shared = bool(offsets.unique().numel() != offsets.numel())
-        if shared:
+        if _overlap.shares_within(x):
             raise ValueError(
                 f"inplace=True but {name} (shape={tuple(x.shape)}, stride={x.stride()}) has "
                 "elements that share memory (an expanded or overlapping view): they would be "
                 "rotated more than once; pass inplace=False"
             )
-    if q.numel() == 0 or k.numel() == 0:
-        return
-    if q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr():
-        return
-    spans = []
-    for x in (q, k):
-        last = sum((n - 1) * stride for n, stride in zip(x.shape, x.stride(), strict=True))
-        spans.append((x.storage_offset(), x.storage_offset() + last))
-    if spans[0][1] < spans[1][0] or spans[1][1] < spans[0][0]:
-        return
-    shared = None
-    if q.stride() == k.stride():
-        # q's element i meets k's element l when sum((i - l) * stride) is k's offset minus q's,
-        # with -(k's size) < i - l < q's size on every axis.
-        dims = [
-            (stride, 1 - nk, nq - 1)
-            for nq, nk, stride in zip(q.shape, k.shape, q.stride(), strict=True)
-            if nq > 1 or nk > 1
-        ]
-        target = k.storage_offset() - q.storage_offset()
-        shared = _lattice_solution(target, dims, nonzero=False)
-    if shared is None:
-        shared = bool(torch.isin(_element_offsets(k), _element_offsets(q)).any())
-    if shared:
+    if _overlap.shares_between(q, k):
         raise ValueError(
             f"inplace=True but q and k share memory (q.data_ptr()={q.data_ptr()}, "
             f"k.data_ptr()={k.data_ptr()}): shared elements would be "
