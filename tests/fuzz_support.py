@@ -94,7 +94,7 @@ IDENTITY = lambda t: t  # noqa: E731
 # most of its cases on empty tensors.
 sizes = st.sampled_from((2, 3, 1, 0, 4))
 positive = st.sampled_from((2, 3, 1, 4))
-head_dims = st.sampled_from((4, 3, 1, 6, 2, 5, 0))
+head_dims = st.sampled_from((4, 3, 1, 0, 6, 2, 5))  # 0 not last: hypothesis favours the ends
 window_sides = st.sampled_from((2, -1, 0, 1, 3))
 
 
@@ -138,6 +138,7 @@ def spoil(t, bad, dtype):
     return t.to(torch.float16 if dtype != torch.float16 else torch.float32)
 
 
-def bad_choice(draw, choices):
-    """A bad kind of draw from ``choices``, or "none" (as likely as all of them together)."""
-    return draw(st.sampled_from(("none",) * len(choices) + choices))
+def bad_draws(draw, choices):
+    """All the bad kinds of argument in ``choices``, or none of them (a drawn boolean): each kind
+    is checked in every case that checks any (hypothesis' stream alone would leave some out)."""
+    return choices if draw(st.booleans()) else ()

@@ -14,7 +14,7 @@ from fuzz_support import (
     LAYOUTS,
     SPECIALS,
     TRIED,
-    bad_choice,
+    bad_draws,
     check_matches,
     check_refused,
     counted,
@@ -69,7 +69,8 @@ def test_fuzz_decode_caches(data):
     lengths = torch.tensor(
         draw(st.lists(down_from(capacity), min_size=batch, max_size=batch)), dtype=torch.int32
     )
-    bad = bad_choice(draw, ("device", "dtype", "table") if paged else ("device", "dtype", "rank"))
+    kinds = ("device", "dtype", "table") if paged else ("device", "dtype", "rank")
+    bad_kinds = bad_draws(draw, kinds)
     TRIED["decode_attention"] += 1
 
     def call(fn, table=table):
@@ -79,7 +80,8 @@ def test_fuzz_decode_caches(data):
         return run
 
     decode = fastformer.decode_attention
-    if bad != "none":  # the same call with a bad argument is refused; then the valid one
+
+    def refuse(bad):  # the same call with a bad argument is refused; then the valid one
         event(f"decode refused: {bad}")
         names, bad_v, bad_table = ["v_cache"], vview(v), table
         if bad == "table":
@@ -90,6 +92,9 @@ def test_fuzz_decode_caches(data):
         check_refused(
             lambda: decode(qview(q), kview(k), bad_v, lengths, block_table=bad_table), names
         )
+
+    for bad in bad_kinds:
+        refuse(bad)
     if head_dim == 0:
         check_refused(lambda: call(decode)(q, k, v), ["head_dim"])
         return
@@ -130,9 +135,8 @@ def test_fuzz_kv_cache_append(data):
     if draw(st.booleans()):
         counts = draw(st.lists(down_from(seqlen_new), min_size=batch, max_size=batch))
         counts = torch.tensor(counts, dtype=torch.int32)
-    # An expanded (stride-0) cache is not drawn: it is accepted and written with rows racing
-    # (test_found_bugs.py::test_kv_cache_append_refuses_a_cache_with_shared_elements).
-    bad = bad_choice(draw, ("device", "dtype", "rank"))
+    # "expanded": a v_cache whose rows share memory (stride 0), written in place: refused.
+    bad_kinds = bad_draws(draw, ("device", "dtype", "rank", "expanded"))
     TRIED["kv_cache_append_"] += 1
 
     def run(fn, k_cache, v_cache, k_new, v_new):
@@ -141,18 +145,27 @@ def test_fuzz_kv_cache_append(data):
             inv_freq=inv_freq, new_seqlens=counts, block_table=table,
         )  # fmt: skip
 
-    if bad != "none":  # the same call with a bad v_new is refused (on copies); then the valid one
+    def refuse(bad):  # the same call with a bad argument is refused (on copies); then the valid one
+        if bad == "expanded" and (shape[0] < 2 or not v_cache.numel()):
+            return  # an expanded cache of one row (or of none) is a plain one
         event(f"append refused: {bad}")
-        spare = [t.detach().clone() for t in (k_cache, v_cache)]
-        bad_v_new = spoil(vnview(v_new), bad, dtype)
+        spare_k, spare_v = kview(k_cache.detach().clone()), vview(v_cache.detach().clone())
+        bad_v_new, names = vnview(v_new), ["v_new"]
+        if bad == "expanded":
+            spare_v, names = spare_v[:1].expand(*spare_v.shape), ["v_cache"]
+        else:
+            bad_v_new = spoil(bad_v_new, bad, dtype)
 
         def call_bad():
             return fastformer.kv_cache_append_(
-                kview(spare[0]), vview(spare[1]), knview(k_new), bad_v_new, lengths,
+                spare_k, spare_v, knview(k_new), bad_v_new, lengths,
                 inv_freq=inv_freq, new_seqlens=counts, block_table=table,
             )  # fmt: skip
 
-        check_refused(call_bad, ["v_new"])
+        check_refused(call_bad, names)
+
+    for bad in bad_kinds:
+        refuse(bad)
     event(f"append valid, paged {paged}, cache {cache_layout}, {special}")
     caches = {}
     for name, dt, fn in (

@@ -25,7 +25,7 @@ from fuzz_support import (
     LAYOUTS,
     SPECIALS,
     TRIED,
-    bad_choice,
+    bad_draws,
     check_matches,
     check_refused,
     counted,
@@ -68,7 +68,7 @@ def test_fuzz_norm_weight_layouts(data):
     w, wview = leaf([hidden], dtype, w_layout, w_special, draw)
     b, bview = leaf([hidden], dtype, draw(st.sampled_from(LAYOUTS)))
     r, rview = leaf([*lead, hidden], dtype, draw(st.sampled_from(LAYOUTS)))
-    bad = bad_choice(draw, ("device", "rank", "dtype"))
+    bad_kinds = bad_draws(draw, ("device", "rank", "dtype"))
     TRIED["norm"] += 1
     op = fastformer.rms_norm if is_rms else fastformer.layer_norm
     ref = reference.rms_norm if is_rms else reference.layer_norm
@@ -80,13 +80,16 @@ def test_fuzz_norm_weight_layouts(data):
 
         return run
 
-    if bad != "none":  # the same call with a bad residual is refused; then the valid one
+    def refuse(bad):  # the same call with a bad residual is refused; then the valid one
         event(f"norm refused: {bad}")
         extra = () if is_rms else (bview(b),)
         bad_r = spoil(rview(r), bad, dtype)
         check_refused(
             lambda: op(xview(x), (hidden,), wview(w), *extra, residual=bad_r), ["residual"]
         )
+
+    for bad in bad_kinds:
+        refuse(bad)
     event(f"norm valid, weight {w_layout} {w_special}")
     grad = w_special == "none"
     leaves = [t.requires_grad_(grad) for t in (x, w, b, r)]
@@ -109,7 +112,7 @@ def test_fuzz_linear_weight_layouts(data):
         [out_f, in_f], dtype, draw(st.sampled_from(LAYOUTS)), scale=max(in_f, 1) ** -0.5
     )
     b, bview = leaf([out_f], dtype, draw(st.sampled_from(LAYOUTS)))
-    bad = bad_choice(draw, ("device", "rank", "dtype"))
+    bad_kinds = bad_draws(draw, ("device", "rank", "dtype"))
     TRIED["linear"] += 1
 
     def call(fn_linear, fn_gated):
@@ -120,7 +123,7 @@ def test_fuzz_linear_weight_layouts(data):
 
         return run
 
-    if bad != "none":  # the same call with a bad weight_up / bias is refused; then the valid one
+    def refuse(bad):  # the same call with a bad weight_up / bias is refused; then the valid one
         event(f"linear refused: {bad}")
         names = ["weight_up"] if gated else ["bias"]
         bad_w2, bad_b = spoil(w2view(w2), bad, dtype), spoil(bview(b), bad, dtype)
@@ -131,6 +134,9 @@ def test_fuzz_linear_weight_layouts(data):
         else:
             call_bad = lambda: fastformer.linear(xview(x), wview(w), bad_b, activation=activation)  # noqa: E731
         check_refused(call_bad, names)
+
+    for bad in bad_kinds:
+        refuse(bad)
     event(f"linear valid, weight {w_layout} {w_special}")
     grad = w_special == "none"
     leaves = [x, w, w2 if gated else None, None if gated else b]
@@ -173,7 +179,7 @@ def test_fuzz_attention_operands(data):
         )
     else:
         mview = IDENTITY
-    bad = bad_choice(draw, ("device", "rank", "dtype"))
+    bad_kinds = bad_draws(draw, ("device", "rank", "dtype"))
     TRIED["scaled_dot_product_attention"] += 1
     options = dict(is_causal=is_causal, causal_alignment=alignment, window=window)
 
@@ -185,12 +191,16 @@ def test_fuzz_attention_operands(data):
         return run
 
     sdpa = fastformer.scaled_dot_product_attention
-    if bad != "none":  # the same call with a bad v is refused; then the valid one
+
+    def refuse(bad):  # the same call with a bad v is refused; then the valid one
         event(f"attention refused: {bad}")
         bad_v, m = spoil(vview(v), bad, dtype), None if mask is None else mview(mask)
         names = ["v", "head_dim"] if head_dim == 0 else ["v"]  # either fault may be named
         gqa = group > 1
         check_refused(lambda: sdpa(qview(q), kview(k), bad_v, m, enable_gqa=gqa, **options), names)
+
+    for bad in bad_kinds:
+        refuse(bad)
     if head_dim == 0:  # torch returns an empty result; refused here
         check_refused(lambda: call(sdpa)(q, k, v, mask), ["head_dim"])
         return
@@ -267,7 +277,7 @@ def test_fuzz_varlen(data):
     q, qview = leaf([total_q, heads, head_dim], dtype, draw(st.sampled_from(LAYOUTS)))
     k, kview = leaf([total_k, kv_heads, head_dim], dtype, draw(st.sampled_from(LAYOUTS)))
     v, vview = leaf([total_k, kv_heads, head_dim], dtype, "contiguous", special, draw)
-    bad = bad_choice(draw, ("cu_dtype", "cu_total", "cu_device", "rank"))
+    bad_kinds = bad_draws(draw, ("cu_dtype", "cu_total", "cu_device", "rank"))
     TRIED["varlen_attention"] += 1
     options = dict(is_causal=is_causal, causal_alignment=alignment, window=window)
 
@@ -277,7 +287,7 @@ def test_fuzz_varlen(data):
 
         return run
 
-    if bad != "none":  # the same call with a bad argument is refused; then the valid one
+    def refuse(bad):  # the same call with a bad argument is refused; then the valid one
         event(f"varlen refused: {bad}")
         names = ["cu_seqlens_q"]
         if bad == "cu_dtype":
@@ -295,6 +305,9 @@ def test_fuzz_varlen(data):
             lambda: fastformer.varlen_attention(bad_q, kview(k), vview(v), bad_cu, cu_k, **options),
             names,
         )
+
+    for bad in bad_kinds:
+        refuse(bad)
     if head_dim == 0:
         check_refused(lambda: call(fastformer.varlen_attention)(q, k, v), ["head_dim"])
         return
@@ -329,7 +342,7 @@ def test_fuzz_rotary_operands(data):
         rows = batch if positions == "ids" else 1
         ids = torch.randint(0, 5000, (rows, seq), dtype=draw(st.sampled_from(DTYPES_INT)))
         options["position_ids"] = ids
-    bad = bad_choice(draw, ("device", "dtype", "rank", "ids"))
+    bad_kinds = bad_draws(draw, ("device", "dtype", "rank", "ids"))
     TRIED["apply_rotary"] += 1
 
     def call(fn, inplace=False):
@@ -341,7 +354,7 @@ def test_fuzz_rotary_operands(data):
 
         return run
 
-    if bad != "none":  # the same call with a bad k / position_ids is refused; then the valid one
+    def refuse(bad):  # the same call with a bad k / position_ids is refused; then the valid one
         event(f"rotary refused: {bad}")
         bad_options, bad_k, names = dict(options), kview(k), ["k"]
         if bad == "ids":
@@ -350,6 +363,9 @@ def test_fuzz_rotary_operands(data):
             bad_k = spoil(bad_k, bad, dtype)
         rotary = fastformer.apply_rotary
         check_refused(lambda: rotary(qview(q), bad_k, fview(inv_freq), **bad_options), names)
+
+    for bad in bad_kinds:
+        refuse(bad)
     event(f"rotary valid, k {k_layout}, inv_freq {freq_layout}, {positions}, {special}")
     grad = special == "none"
     leaves = [q.requires_grad_(grad), k.requires_grad_(grad), inv_freq]
