@@ -188,3 +188,38 @@ def test_cuda_graph_capture_of_a_forward_replays_eager_results():
             graph.replay()
             torch.cuda.synchronize()
             torch.testing.assert_close(static_out, module(fresh), rtol=0, atol=0)
+
+
+def test_decode_step_compiles_whole_and_writes_the_caches_as_eager(seed):
+    """rotate_queries + kv_cache_append_ (validate=True: its host checks run inside the op) +
+    decode_attention under fullgraph=True: same output and same caches as eager."""
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+
+    def step(q, k_cache, v_cache, k_new, v_new, lengths):
+        new_lengths = fastformer.kv_cache_append_(k_cache, v_cache, k_new, v_new, lengths,
+                                                  inv_freq=inv_freq)  # fmt: skip
+        q = fastformer.rotate_queries(q, inv_freq, lengths)
+        return fastformer.decode_attention(q, k_cache, v_cache, new_lengths), new_lengths
+
+    lengths = torch.tensor([3, 7], dtype=torch.int32)
+    args = (torch.randn(2, 4, 1, 8), torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8),
+            torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 8), lengths)  # fmt: skip
+    eager_args = tuple(a.clone() for a in args)
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
+    want = step(*eager_args)
+    _assert_same([*got, args[1], args[2]], [*want, eager_args[1], eager_args[2]])
+
+
+def test_in_place_rotary_compiles_whole_with_gradients(seed):
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+
+    class Block(torch.nn.Module):
+        def forward(self, x):
+            q, k = x * 2, x * 3  # non-leaf tensors: in place is allowed
+            q, k = fastformer.apply_rotary(q, k, inv_freq, inplace=True)
+            return q * k
+
+    block = Block()
+    x = torch.randn(1, 3, 2, 8, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    _assert_same(_run(compiled, (x,), seed), _run(block, (x,), seed))

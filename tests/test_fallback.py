@@ -172,3 +172,25 @@ def test_under_torch_compile_the_fallback_warns_and_fullgraph_refuses_it():
     torch._dynamo.reset()
     with fastformer.eager_fallback(), pytest.raises(Exception, match="[Gg]raph break"):
         torch.compile(attend, backend="aot_eager", fullgraph=True)(q)
+
+
+def test_optimized_model_cast_to_float64_says_which_parts_run_eager():
+    """A model optimized and then cast to float64: every replaced part runs eager's formula
+    (the result is eager's) and says so once per module class and reason."""
+    from test_optimize_families import build, inputs
+
+    model = build("bert").double()
+    kwargs, _ = inputs("bert")
+    expected = model(**kwargs).logits
+    optimized = fastformer.optimize(build("bert")).double()
+    optimized.load_state_dict(model.state_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            got = optimized(**kwargs).logits
+    fallbacks = [str(w.message) for w in caught if w.category is _fallback.EagerFallbackWarning]
+    assert any("fastformer LayerNorm: dtype torch.float64" in m for m in fallbacks), fallbacks
+    assert any("LinearActivation: dtype torch.float64" in m for m in fallbacks), fallbacks
+    assert any("eager attention" in m for m in fallbacks), fallbacks
+    assert len(fallbacks) == len(set(fallbacks))  # once per module class and reason
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

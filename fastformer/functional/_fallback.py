@@ -65,15 +65,16 @@ def eager_fallback(enabled: bool = True) -> Iterator[None]:
 # A warning cannot be traced: under torch.compile the fallback breaks the graph here (and
 # fullgraph=True refuses it), so that a compiled model never falls back silently.
 @torch.compiler.disable
-def _warn_once(op: str, error: Unsupported) -> None:
-    key = (op, error.reason)
+def warn_eager(where: str, reason: str, detail: str = "") -> None:
+    """Warn (:class:`EagerFallbackWarning`), once per ``where`` and ``reason``, that ``where``
+    ran eager PyTorch instead of fastformer's kernels because of ``reason``."""
+    key = (where, reason)
     if key in _warned:
         return
     _warned.add(key)
     warnings.warn(
-        f"fastformer.{op}: {error.reason} is not supported by its kernels ({error}); running "
-        "the eager PyTorch reference instead (the eager fallback is on). This warning is "
-        "given once per op and reason.",
+        f"{where}: {reason} is not supported by fastformer's kernels{detail}; running eager "
+        "PyTorch instead. This warning is given once per op and reason.",
         EagerFallbackWarning,
         stacklevel=4,
     )
@@ -91,7 +92,8 @@ def falls_back_to(reference: Callable) -> Callable:
             except Unsupported as error:
                 if not _enabled:
                     raise
-                _warn_once(op.__name__, error)
+                detail = f" ({error}; the eager fallback is on)"
+                warn_eager(f"fastformer.{op.__name__}", error.reason, detail)
             return reference(*args, **kwargs)
 
         return wrapper

@@ -426,6 +426,7 @@ def _kv_cache_append(
     """The append, in place; with ``validate``, the lengths (and block table) are checked on
     the host (one sync) before the launch."""
     if validate:
+        _check_writable(k_cache, v_cache)
         seqlen_new = k_new.shape[2]
         if new_seqlens is not None:
             counts = new_seqlens.tolist()
@@ -495,8 +496,6 @@ def kv_cache_append_(
     n_kv_heads, head_dim, capacity = _check_cache(k_cache, v_cache, block_table, batch)
     _check_new(k_new, v_new, k_cache, v_cache, n_kv_heads, head_dim)
     _check_flag("validate", validate)
-    if validate:
-        _check_writable(k_cache, v_cache)
     _check_lengths(cache_seqlens, batch, k_cache.device)
     attention_scaling = _check_rotary(inv_freq, k_cache, head_dim, attention_scaling)
     _check_flag("interleaved", interleaved)

@@ -364,6 +364,12 @@ def apply_rotary(
         position_ids = position_ids.expand(q4.shape[0], q4.shape[1])  # a (1, S) row: stride 0
     args = (inv_freq, position_ids, offset, interleaved, layout, attention_scaling)
     if inplace:
+        if torch.compiler.is_compiling():
+            # Traced: the out-of-place launch and a copy back, which the compiler can fuse or
+            # functionalize (it traces no mark_dirty and reads no storage pointers, so shared
+            # elements are not refused here: the copies then write the last value).
+            q_rot, k_rot = _rotary(q, k, *args, False)
+            return q.copy_(q_rot), k.copy_(k_rot)
         _check_overlap(q, k)
         return _rotary_in_place(q, k, *args)
     return _rotary(q, k, *args, False)

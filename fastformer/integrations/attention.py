@@ -39,7 +39,7 @@ import warnings
 
 import torch
 
-from fastformer.functional import scaled_dot_product_attention
+from fastformer.functional import _fallback, scaled_dot_product_attention
 from fastformer.kernels.attention_common import MAX_HEAD_DIM
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def _eager(module, reason, query, key, value, attention_mask, **kwargs):
         _warned.add(reason)
         warnings.warn(
             f"fastformer attention: using eager attention for {type(module).__name__}: {reason}",
+            _fallback.EagerFallbackWarning,
             stacklevel=3,
         )
     return eager(module, query, key, value, attention_mask, **kwargs)

@@ -82,7 +82,7 @@ class LinearActivation(torch.nn.Linear, FastformerModule):
         return new
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not kernel_can_take(input) or self.weight.dtype != input.dtype:
+        if not kernel_can_take(input, self, self.weight):
             return EAGER_ACTIVATIONS[self.activation](F.linear(input, self.weight, self.bias))
         return linear(input, self.weight, self.bias, self.activation)
 
@@ -104,7 +104,7 @@ class Conv1DActivation(torch.nn.Module, FastformerModule):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight.t()  # (nf, nx): Linear layout, a view
-        if not kernel_can_take(input) or weight.dtype != input.dtype:
+        if not kernel_can_take(input, self, weight):
             return EAGER_ACTIVATIONS[self.activation](F.linear(input, weight, self.bias))
         return linear(input, weight, self.bias, self.activation)
 
@@ -131,7 +131,7 @@ class GatedMLP(torch.nn.Module, FastformerModule):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         gate, up = getattr(self, self.gate_name), getattr(self, self.up_name)
-        if kernel_can_take(input) and gate.weight.dtype == up.weight.dtype == input.dtype:
+        if kernel_can_take(input, self, gate.weight, up.weight):
             hidden = gated_linear(input, gate.weight, up.weight, self.activation)
         else:
             hidden = EAGER_ACTIVATIONS[self.activation](gate(input)) * up(input)

@@ -18,23 +18,40 @@ Parameter objects (nothing copied; state_dict keys unchanged: ``weight`` and ``b
 
 The kernels take fp16, bf16 and fp32. Other dtypes (a model cast to float64 after optimize) and
 calls under ``torch.autocast`` (which the kernels do not apply) run eager's formula, so the
-module keeps its meaning everywhere.
+module keeps its meaning everywhere, with an EagerFallbackWarning once per module class and
+reason.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fastformer.functional import rms_norm
+from fastformer.functional import _fallback, rms_norm
 from fastformer.integrations.attention import KERNEL_DTYPES
 from fastformer.nn import norm as ffnn
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def kernel_can_take(x: torch.Tensor) -> bool:
-    """Whether fastformer's kernels compute what eager would for this input."""
-    return x.dtype in KERNEL_DTYPES and not torch.is_autocast_enabled(x.device.type)
+def _eager_reason(x: torch.Tensor, weights) -> str | None:
+    if x.dtype not in KERNEL_DTYPES:
+        return f"dtype {x.dtype}"
+    if torch.is_autocast_enabled(x.device.type):
+        return "torch.autocast (the kernels do not apply it)"
+    for weight in weights:
+        if weight.dtype != x.dtype:
+            return f"a {weight.dtype} weight with a {x.dtype} input"
+    return None
+
+
+def kernel_can_take(x: torch.Tensor, module: torch.nn.Module, *weights: torch.Tensor) -> bool:
+    """Whether fastformer's kernels compute what eager would for this input (and these weights);
+    if not, ``module`` runs eager's formula and says so once per reason (EagerFallbackWarning)."""
+    reason = _eager_reason(x, weights)
+    if reason is None:
+        return True
+    _fallback.warn_eager(f"fastformer {type(module).__name__}", reason)
+    return False
 
 
 def _adopt(new: torch.nn.Module, old: torch.nn.Module, names=("weight", "bias")) -> torch.nn.Module:
@@ -68,7 +85,7 @@ class LayerNorm(ffnn.LayerNorm):
         return _adopt(new, module)
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
-        if residual is None and not kernel_can_take(input):
+        if residual is None and not kernel_can_take(input, self):
             return torch.nn.functional.layer_norm(
                 input, self.normalized_shape, self.weight, self.bias, self.eps
             )
@@ -90,7 +107,7 @@ class RMSNorm(ffnn.RMSNorm):
         return _adopt(new, module, names=("weight",))
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None):
-        if residual is None and not kernel_can_take(input):
+        if residual is None and not kernel_can_take(input, self):
             return torch.nn.functional.rms_norm(input, self.normalized_shape, self.weight, self.eps)
         return super().forward(input, residual)
 
@@ -115,7 +132,7 @@ class LlamaRMSNorm(_HFRMSNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if not kernel_can_take(input):
+        if not kernel_can_take(input, self):
             normed = input.to(torch.float32) * _rsqrt_fp32(input, self.eps)
             return weight * normed.to(input.dtype)
         if weight.dtype == input.dtype:
@@ -128,7 +145,7 @@ class T5RMSNorm(_HFRMSNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if kernel_can_take(input):
+        if kernel_can_take(input, self):
             if weight.dtype == input.dtype:
                 return rms_norm(input, self.normalized_shape, weight, self.eps)
             if weight.dtype == torch.float32 and input.dtype in HALF_DTYPES:

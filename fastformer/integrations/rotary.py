@@ -58,7 +58,7 @@ def _can_rotate(module, hidden_states, kwargs, rotary_dim: int) -> bool:
         and isinstance(position_ids, torch.Tensor)
         and position_ids.dim() == 2
         and isinstance(rotary.attention_scaling, numbers.Real)
-        and kernel_can_take(hidden_states)
+        and kernel_can_take(hidden_states, module)
     )
 
 
