@@ -32,10 +32,16 @@ MIN_BLOCK = 16
 
 @triton.jit
 def dot(a, b, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
-    """``a @ b`` in fp32: upcast operands under the interpreter (its bf16 dot is wrong), full
-    precision for fp32 inputs (not tf32), tensor-core precision otherwise."""
+    """``a @ b`` in fp32: full precision for fp32 inputs (not tf32), tensor-core precision
+    otherwise. Under the interpreter (``DOT_FP32``) the operands are upcast (its bf16 dot is
+    wrong) and the sum is taken in fp64, then rounded once: numpy's BLAS orders a sum by the
+    matrix shapes, so the forward's and the backward's tiles (different shapes) would round the
+    same score differently, and the backward's P = exp2(s - m - log2 l) would carry that
+    mismatch times the logits' magnitude (10x eager's fp32 error at scale 0.5). A GPU's MMA
+    sums each product in a fixed order over head_dim; the GPU-marked tests hold it to the same
+    rule."""
     if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+        return tl.dot(a.to(tl.float64), b.to(tl.float64)).to(tl.float32)
     if IEEE:
         return tl.dot(a, b, input_precision="ieee")
     return tl.dot(a, b)
