@@ -43,18 +43,29 @@ ALIGNMENTS = ("top_left", "bottom_right")
 MAX_SEED = 2**62
 
 
-def _problem(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) -> common.Problem:
-    """The call as the kernels see it; packed offsets are checked here, on the host (one sync),
-    so that a bad one is refused, not obeyed."""
-    if cu_seqlens_q is None:
+def _longest(cu_seqlens: torch.Tensor) -> int:
+    """The longest sequence of checked offsets (one host read)."""
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+
+
+def _problem(q, k, cu_q, cu_k, max_q, max_k, checked: bool = False) -> common.Problem:
+    """The call as the kernels see it. Packed offsets are checked here, on the host (one sync),
+    so that a bad one is refused, not obeyed; ``checked`` (the backward, whose forward checked
+    them) skips that, and the sync too when the longest lengths are given."""
+    if cu_q is None:
         return common.Problem(*q.shape[:2], k.shape[1], q.shape[2], k.shape[2], q.shape[3])
-    cu_q, max_q = _check_offsets("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
-    cu_k, max_k = _check_offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
-    if cu_q.numel() != cu_k.numel():
-        raise ValueError(
-            f"cu_seqlens_q has {cu_q.numel()} offsets but cu_seqlens_k has {cu_k.numel()}; "
-            "expected one per sequence boundary in both"
-        )
+    if checked:
+        max_q = max_q if max_q is not None else _longest(cu_q)
+        max_k = max_k if max_k is not None else _longest(cu_k)
+        cu_q, cu_k = (cu.to(torch.int32).contiguous() for cu in (cu_q, cu_k))
+    else:
+        cu_q, max_q = _check_offsets("cu_seqlens_q", cu_q, q.shape[0], max_q)
+        cu_k, max_k = _check_offsets("cu_seqlens_k", cu_k, k.shape[0], max_k)
+        if cu_q.numel() != cu_k.numel():
+            raise ValueError(
+                f"cu_seqlens_q has {cu_q.numel()} offsets but cu_seqlens_k has {cu_k.numel()}; "
+                "expected one per sequence boundary in both"
+            )
     return common.Problem(cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2],
                           cu_q, cu_k)  # fmt: skip
 
@@ -130,7 +141,7 @@ def _attention_bwd(
     mask_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dmask); dmask is empty unless ``mask_grad``."""
-    problem = _problem(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    problem = _problem(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, True)
     options = _kernel_options(seed, mask_kind, scale, is_causal, bottom_right, dropout_p, window)
     dq, dk, dv, dmask = attention_bwd(
         do, q, k, v, o, m, log2l, problem, mask=mask, mask_grad=mask_grad, dlse=dlse, **options
