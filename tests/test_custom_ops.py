@@ -201,3 +201,34 @@ def test_direct_and_dispatched_calls_agree():
     dispatched = _norm_fwd.overload(*args)
     for got, want in zip(direct, dispatched, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "linear"])
+def test_backward_reuses_the_forward_copy_of_an_unfoldable_layout(op, monkeypatch):
+    """x whose leading dims fold into no two row strides is copied once, in the forward; the
+    kernel op returns that copy for the backward, which then copies nothing (a custom op may
+    not return x itself, so without it the backward would copy x again)."""
+    from fastformer.kernels import _runtime
+
+    x = torch.randn(4, 3, 5, 16).permute(2, 0, 1, 3)[:, ::2].requires_grad_()
+    assert _runtime.as_rows(x, 1).tensor is not x  # this layout needs the copy
+    weight = torch.randn(16, requires_grad=True)
+    proj = torch.randn(8, 16, requires_grad=True)
+    calls = {
+        "layer_norm": lambda: fastformer.layer_norm(x, 16, weight, weight),
+        "linear": lambda: fastformer.linear(x, proj, activation="gelu"),
+    }
+    copies = []
+    contiguous = torch.Tensor.contiguous
+
+    def counting(self, *args, **kwargs):
+        out = contiguous(self, *args, **kwargs)
+        if out is not self:
+            copies.append(tuple(self.shape))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "contiguous", counting)
+    out = calls[op]()
+    forward_copies = len(copies)
+    torch.autograd.grad(out.sum(), x)
+    assert forward_copies == 1 and len(copies) == 1, copies

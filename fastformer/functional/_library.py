@@ -86,3 +86,10 @@ def kernel_op(op: str, *, mutates_args: tuple[str, ...] = ()) -> Callable[[Calla
 def nothing(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An empty output slot on ``like``'s device (for an output a launch did not produce)."""
     return torch.empty(0, dtype=dtype or like.dtype, device=like.device)
+
+
+def rows_copy(rows_tensor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The contiguous copy ``_runtime.as_rows`` made of ``x`` (a layout that folds into no row
+    and column strides), or an empty slot when it read ``x`` in place. A forward returns it so
+    that its backward reads the copy instead of copying again (it may not return ``x``)."""
+    return rows_tensor if rows_tensor is not x else nothing(x)

@@ -39,15 +39,18 @@ def _linear_fwd(
     bias: torch.Tensor | None,
     activation: str | None,
     store_pre: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, z, z_up): the output and, when ``store_pre``, the pre-activations (else empty)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, z, z_up, x's copy): the output, when ``store_pre`` the pre-activations, and the
+    copy of x the rows needed (each empty when not made)."""
     out_shape = (*x.shape[:-1], weight.shape[0])
+    x_rows = _runtime.as_rows(x, 1)
     y, z, z_up = linear_fwd(
-        _runtime.as_rows(x, 1), weight, bias, activation, weight_up=weight_up,
-        store_pre=store_pre, out_shape=out_shape,
+        x_rows, weight, bias, activation, weight_up=weight_up, store_pre=store_pre,
+        out_shape=out_shape,
     )  # fmt: skip
     z = z if z is not None else _library.nothing(x)
-    return y, z, z_up if z_up is not None else _library.nothing(x)
+    z_up = z_up if z_up is not None else _library.nothing(x)
+    return y, z, z_up, _library.rows_copy(x_rows.tensor, x)
 
 
 @_linear_fwd.register_fake
@@ -56,7 +59,7 @@ def _(x, weight, weight_up, bias, activation, store_pre):
     y = x.new_empty((*x.shape[:-1], n))
     z = x.new_empty((n_rows, n)) if store_pre else _library.nothing(x)
     z_up = x.new_empty((n_rows, n)) if store_pre and weight_up is not None else _library.nothing(x)
-    return y, z, z_up
+    return y, z, z_up, _library.rows_copy(_runtime.as_rows(x, 1).tensor, x)
 
 
 @_library.kernel_op("linear_bwd")
@@ -94,14 +97,16 @@ def _(dy, x, weight, z, activation, weight_up, z_up, compute_dx, compute_dw, com
 
 def _setup_context(ctx, inputs, output):
     x, weight, weight_up, bias, activation, _ = inputs
-    _, z, z_up = output
-    ctx.save_for_backward(x, weight, weight_up, z, z_up)
+    _, z, z_up, copy = output
+    # The forward's copy of x, if its layout needed one: the backward then makes none.
+    ctx.save_for_backward(copy if copy.numel() else x, weight, weight_up, z, z_up)
+    ctx.mark_non_differentiable(copy)
     ctx.activation = activation
     ctx.stored = inputs[5]  # store_pre
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, dy, _dz, _dz_up):
+def _backward(ctx, dy, _dz, _dz_up, _dcopy):
     _autograd.refuse_double_backward("linear")
     x, weight, weight_up, z, z_up = ctx.saved_tensors
     needs = ctx.needs_input_grad

@@ -31,8 +31,9 @@ def _norm_fwd(
     eps: float,
     is_rms: bool,
     n_norm_dims: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, h, mean, rstd); h is empty without a residual, mean for RMSNorm."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, h, mean, rstd, x's copy); h is empty without a residual, mean for RMSNorm, the copy
+    unless the rows were copied (and needed: no residual)."""
     x_rows = _runtime.as_rows(x, n_norm_dims)
     res_rows = _runtime.as_rows(residual, n_norm_dims) if residual is not None else None
     w1d = weight.reshape(-1) if weight is not None else None
@@ -42,7 +43,8 @@ def _norm_fwd(
     )
     # y and h are created in x's shape, not viewed into it: in-place ops on them stay legal.
     h = h if h is not None else _library.nothing(x)
-    return y, h, mean if mean is not None else _library.nothing(rstd), rstd
+    copy = _library.rows_copy(x_rows.tensor, x) if residual is None else _library.nothing(x)
+    return y, h, mean if mean is not None else _library.nothing(rstd), rstd, copy
 
 
 @_norm_fwd.register_fake
@@ -51,7 +53,10 @@ def _(x, residual, weight, bias, eps, is_rms, n_norm_dims):
     y = x.new_empty(x.shape)
     h = x.new_empty(x.shape) if residual is not None else _library.nothing(x)
     stats = x.new_empty((n_rows,), dtype=torch.float32)
-    return y, h, stats if not is_rms else _library.nothing(stats), stats.clone()
+    copy = _library.nothing(x)
+    if residual is None:
+        copy = _library.rows_copy(_runtime.as_rows(x, n_norm_dims).tensor, x)
+    return y, h, stats if not is_rms else _library.nothing(stats), stats.clone(), copy
 
 
 @_library.kernel_op("norm_bwd")
@@ -94,17 +99,18 @@ def _(dy, dh, x, weight, mean, rstd, is_rms, n_norm_dims, compute_dw, compute_db
 
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, _, is_rms, n_norm_dims = inputs
-    _, h, mean, rstd = output
-    # The normalised rows are h with a residual, x without.
-    ctx.save_for_backward(h if residual is not None else x, weight, mean, rstd)
+    _, h, mean, rstd, copy = output
+    # The normalised rows are h with a residual, x without (the forward's copy of x, if any).
+    rows = h if residual is not None else (copy if copy.numel() else x)
+    ctx.save_for_backward(rows, weight, mean, rstd)
     ctx.is_rms, ctx.n_norm_dims = is_rms, n_norm_dims
     ctx.has_residual = residual is not None
     ctx.bias = (bias.shape, bias.dtype) if bias is not None else None
-    ctx.mark_non_differentiable(mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd, copy)
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dy, dh, _dmean, _drstd):
+def _backward(ctx, dy, dh, _dmean, _drstd, _dcopy):
     _autograd.refuse_double_backward("norm")
     saved_x, weight, mean, rstd = ctx.saved_tensors
     needs = ctx.needs_input_grad
@@ -135,7 +141,7 @@ def _norm(x, normalized_shape, weight, bias, eps, residual, is_rms):
     if residual is not None:
         _checks.check_tensor("residual", residual)
         _checks.check_like("residual", residual, "x", x)
-    y, h, _, _ = _norm_fwd(x, residual, weight, bias, eps, is_rms, len(shape))
+    y, h, *_ = _norm_fwd(x, residual, weight, bias, eps, is_rms, len(shape))
     return y if residual is None else (y, h)
 
 
