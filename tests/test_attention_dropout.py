@@ -93,3 +93,39 @@ def test_packed_sequences_with_dropout(check, device):
         return torch.cat(outs)
 
     check(kernel, eager, [q, k, v], names=["q", "k", "v"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gradient_through_a_single_key_cancels(check, device, dtype):
+    """Found by the layout fuzz test: every row sees one key, so the exact dq and dk are 0 and
+    eager's softmax backward gives exactly 0. The backward's delta = rowsum(dO * O) must come
+    from the unrounded output: from the fp16 output (1 / (1 - p) times a value, rounded) it
+    missed dP by a unit of fp16 and dq, dk were ~1e-2."""
+    for trial in range(6):
+        q, k, v = ((3 * torch.randn(4, 4, n, 2, device=device)).to(dtype) for n in (3, 1, 1))
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        keep = _mask_for(trial, q, k, device)
+
+        def kernel(q, k, v, trial=trial):
+            torch.manual_seed(trial)
+            return fastformer.scaled_dot_product_attention(q, k, v, dropout_p=RATE)
+
+        def eager(q, k, v, keep=keep):
+            return reference.scaled_dot_product_attention(
+                q, k, v, dropout_p=RATE, dropout_mask=keep
+            )
+
+        check(kernel, eager, [q, k, v], grad_output_fn=lambda out: 3 * torch.randn_like(out))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_causal_first_row_gets_a_zero_query_gradient(device, dtype):
+    """Causal self-attention: query 0 sees key 0 alone, so its dq is exactly 0 in eager."""
+    q, k, v = _qkv(device, dtype)
+    q, k, v = ((3 * t.detach()).requires_grad_() for t in (q, k, v))
+    torch.manual_seed(3)
+    out = fastformer.scaled_dot_product_attention(q, k, v, dropout_p=RATE, is_causal=True)
+    out.backward(3 * torch.randn_like(out))
+    first_row = q.grad[:, :, 0].float().abs().max().item()
+    assert q.grad[:, :, 1:].float().abs().max().item() > 1.0  # the other rows' gradients
+    assert first_row <= 1e-3, first_row

@@ -36,7 +36,7 @@ from fastformer.functional import _autograd, _checks, _fallback, _library, _rang
 from fastformer.kernels import _runtime
 from fastformer.kernels import attention_common as common
 from fastformer.kernels.attention_bwd import attention_bwd
-from fastformer.kernels.attention_fwd import attention_fwd, default_scale
+from fastformer.kernels.attention_fwd import attention_fwd, default_scale, keeps_fp32_output
 
 ALIGNMENTS = ("top_left", "bottom_right")
 # Dropout seeds are drawn below this (Philox takes a 64-bit key; torch.randint a signed int64).
@@ -100,20 +100,24 @@ def _attention_fwd(
     bottom_right: bool,
     dropout_p: float,
     window: list[int],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(o, m, log2l): the output and the base-2 row statistics (lse = m + log2l). ``seed``:
-    a one-element int64 tensor when ``dropout_p > 0``; ``window``: [left, right] or []."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, m, log2l, o32): the output, the base-2 row statistics (lse = m + log2l), and with
+    dropout in fp16/bf16 the output in fp32 for the backward (else empty). ``seed``: a
+    one-element int64 tensor when ``dropout_p > 0``; ``window``: [left, right] or []."""
     problem = _problem(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     options = _kernel_options(seed, mask_kind, scale, is_causal, bottom_right, dropout_p, window)
-    return attention_fwd(q, k, v, problem, mask=mask, **options)
+    o, m, log2l, o32 = attention_fwd(q, k, v, problem, mask=mask, **options)
+    return o, m, log2l, o32 if o32 is not None else _library.nothing(m)
 
 
 @_attention_fwd.register_fake
-def _(q, k, v, mask, cu_seqlens_q, *_):
+def _(q, k, v, mask, cu_seqlens_q, *args):
     packed = cu_seqlens_q is not None
     stats_shape = (q.shape[0], q.shape[1]) if packed else q.shape[:3]
     stats = q.new_empty(stats_shape, dtype=torch.float32)
-    return q.new_empty(q.shape), stats, stats.clone()
+    dropout_p = args[-2]
+    o32_shape = q.shape if keeps_fp32_output(q.dtype, dropout_p) else (0,)
+    return q.new_empty(q.shape), stats, stats.clone(), q.new_empty(o32_shape, dtype=torch.float32)
 
 
 @_library.kernel_op("attention_bwd")
@@ -161,18 +165,20 @@ _SAVED = ("q", "k", "v", "o", "m", "log2l", "mask", "cu_seqlens_q", "cu_seqlens_
 
 def _setup_context(ctx, inputs, output):
     q, k, v, mask, cu_q, cu_k, max_q, max_k, seed, *options = inputs
-    o, m, log2l = output
-    ctx.save_for_backward(q, k, v, o, m, log2l, mask, cu_q, cu_k, seed)
+    o, m, log2l, o32 = output
+    # The backward reads o only for delta = rowsum(dO * O): the fp32 copy when there is one.
+    o_for_delta = o32 if o32.numel() else o
+    ctx.save_for_backward(q, k, v, o_for_delta, m, log2l, mask, cu_q, cu_k, seed)
     ctx.max_seqlens, ctx.options = (max_q, max_k), options
-    ctx.mark_non_differentiable(m)  # the log-sum-exp's gradient arrives on log2l
+    ctx.mark_non_differentiable(m, o32)  # the log-sum-exp's gradient arrives on log2l
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, do, _dm, dlog2l):
+def _backward(ctx, do, _dm, dlog2l, _do32):
     _autograd.refuse_double_backward("attention")
     q, k, v, o, m, log2l, mask, cu_q, cu_k, seed = ctx.saved_tensors
     if do is None:
-        do = torch.zeros_like(o)
+        do = torch.zeros_like(q)
     mask_grad = ctx.needs_input_grad[3]
     dq, dk, dv, dmask = _attention_bwd(
         do, dlog2l, q, k, v, o, m, log2l, mask, cu_q, cu_k, *ctx.max_seqlens, seed, *ctx.options,
@@ -201,7 +207,7 @@ def _attend(q, k, v, mask, cu_seqlens, max_seqlens, mask_kind, scale, is_causal,
             causal_alignment, dropout_p, window, return_lse):  # fmt: skip
     """One kernel call; the output, and with ``return_lse`` the natural log-sum-exp."""
     seed = _seed() if dropout_p > 0 else None
-    o, m, log2l = _attention_fwd(
+    o, m, log2l, _ = _attention_fwd(
         q, k, v, mask, *cu_seqlens, *max_seqlens, seed, mask_kind, scale, bool(is_causal),
         causal_alignment == "bottom_right", dropout_p, list(window) if window else [],
     )  # fmt: skip

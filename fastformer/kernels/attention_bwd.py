@@ -4,7 +4,9 @@ With P = exp2((S - m) - log2(l)) recomputed tile by tile (row statistics from th
 and delta = rowsum(dO * O) - dlse (dlse: the gradient arriving on the returned log-sum-exp):
     dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dS^T Q
 With dropout (keep mask M, rate r): dV = (P * M / (1 - r))^T dO and dP = (dO V^T) * M / (1 - r);
-delta is unchanged (rowsum(dO * O) still equals rowsum(P * dP)).
+delta is unchanged (rowsum(dO * O) still equals rowsum(P * dP)), but in fp16/bf16 it is taken
+from the forward's fp32 output: the rounded O = V / (1 - r) of a row with one kept key misses
+dP by a unit of the dtype, and dS = P * (dP - delta), exactly 0 there, became that unit.
 One kernel owns a block of keys of one (sequence, KV head) and accumulates dk and dv over every
 query block of every query head in its GQA group, so dk and dv are summed per KV head in
 registers; another owns a block of queries and accumulates dq over the key blocks it can see.
@@ -364,7 +366,8 @@ def attention_bwd(
     mask_grad: bool = False,
     dlse: torch.Tensor | None = None,
 ):
-    """Gradients of ``attention_fwd`` (arguments as there; ``do`` like ``o``, any strides).
+    """Gradients of ``attention_fwd`` (arguments as there; ``do`` like ``o``, any strides; ``o``
+    is read only for delta, so with dropout in fp16/bf16 it is the forward's fp32 ``o32``).
 
     ``dlse`` is the gradient arriving on the base-2 log-sum-exp (m + log2l), or None.
     Returns dq (q's shape) and dk, dv (k's shape), contiguous, summed over each GQA group, and

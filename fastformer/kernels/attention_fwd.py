@@ -39,6 +39,7 @@ def _attn_fwd_kernel(
     cu_seqlens_q_ptr,  # (batch + 1,) int32 when VARLEN, else unused
     cu_seqlens_k_ptr,  # (batch + 1,) int32 when VARLEN, else unused
     o_ptr,  # like q, out
+    o32_ptr,  # like o in fp32, out with dropout in fp16/bf16 (for the backward), else unused
     m_ptr,  # (batch, n_heads, seqlen_q) or packed (total_q, n_heads), fp32: row max (base 2), out
     log2l_ptr,  # like m: log2 of the row's sum of exp2(s - m), out
     stride_q_batch,
@@ -153,19 +154,23 @@ def _attn_fwd_kernel(
             keep = common.dropout_keep(
                 seed, pid_bh, rows, cols, rng_seqlen_q, rng_seqlen_k, dropout_p
             )
-            p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+            p = tl.where(keep, p, 0.0)  # 1 / (1 - dropout_p) is applied in fp32 at the end
         acc = acc * alpha[:, None] + common.dot(p.to(v.dtype), v, DOT_FP32, IEEE)
         m_i = m_new
 
     seen = l_i != 0.0  # NaN counts as seen: a NaN score gives a NaN log-sum-exp, as in eager
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    if HAS_DROPOUT:
+        out = out / (1.0 - dropout_p)
     m_store = tl.where(seen, m_i, float("inf"))
     # A NaN row stores m = l_i = NaN: on the GPU, max() skips NaN and m may even stay -inf.
     m_store = tl.where(l_i == l_i, m_store, l_i)
     log2l = tl.where(seen, tl.log2(tl.where(seen, l_i, 1.0)), 0.0)
-    o_base = o_ptr + batch * stride_o_batch + head * stride_o_head + q_start * stride_o_seq
-    o_ptrs = o_base + rows[:, None] * stride_o_seq + offs_d[None, :] * stride_o_dim
-    tl.store(o_ptrs, rounded_for_store(out, BF16_RNE), mask=tile_md)
+    o_offsets = batch * stride_o_batch + head * stride_o_head + q_start * stride_o_seq
+    o_offsets += rows[:, None] * stride_o_seq + offs_d[None, :] * stride_o_dim
+    tl.store(o_ptr + o_offsets, rounded_for_store(out, BF16_RNE), mask=tile_md)
+    if HAS_DROPOUT and not IEEE:  # o32 has o's strides (both contiguous, q's shape)
+        tl.store(o32_ptr + o_offsets, out, mask=tile_md)
     stat_offsets = batch * stride_stat_batch + head * stride_stat_head
     stat_offsets += (q_start + rows) * stride_stat_seq
     tl.store(m_ptr + stat_offsets, m_store, mask=mask_m)
@@ -205,16 +210,24 @@ def attention_fwd(
         o: q's shape, contiguous, q's dtype.
         m, log2l: fp32 row statistics (base 2), (batch, n_heads, seqlen_q) or packed
             (total_q, n_heads); the log-sum-exp is m + log2l; m is +inf for rows seeing no key.
+        o32: with dropout in fp16/bf16 (``keeps_fp32_output``), o before its rounding, in fp32
+            and o's shape; else None. The backward's delta = rowsum(dO * O) reads it: with the
+            rounded o, the 1 / (1 - dropout_p) scale of a single kept key no longer cancels
+            against dP and rows that should get a 0 gradient get rounding noise.
     """
     p = problem
     o = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
+    o32 = None
+    if keeps_fp32_output(q.dtype, dropout_p):
+        o32 = _runtime.empty(q.shape, dtype=torch.float32, device=q.device)
     lse_shape = (q.shape[0], p.n_heads) if p.varlen else (p.batch, p.n_heads, p.seqlen_q)
     m = _runtime.empty(lse_shape, dtype=torch.float32, device=q.device)
     log2l = _runtime.empty(lse_shape, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
-        return o, m, log2l
+        return o, m, log2l, o32
     if k.numel() == 0 and not p.varlen:  # no key at all: every row is 0
-        return o.zero_(), m.fill_(float("inf")), log2l.zero_()
+        o32 = o32.zero_() if o32 is not None else None
+        return o.zero_(), m.fill_(float("inf")), log2l.zero_(), o32
     _runtime.check_runnable(_attn_fwd_kernel, "q", q)
     mask_t, mask_strides = common.mask_args(mask, (p.batch, p.n_heads, p.seqlen_q, p.seqlen_k), q)
 
@@ -222,7 +235,7 @@ def attention_fwd(
         return (p.batch * p.n_heads, triton.cdiv(p.seqlen_q, meta["BLOCK_M"]))
 
     _attn_fwd[grid](
-        q, k, v, mask_t, *common.seqlen_args(p, q), o, m, log2l,
+        q, k, v, mask_t, *common.seqlen_args(p, q), o, o if o32 is None else o32, m, log2l,
         *common.bhsd_strides(q, p.varlen), *common.bhsd_strides(k, p.varlen),
         *common.bhsd_strides(v, p.varlen), *mask_strides,
         *common.bhsd_strides(o, p.varlen), *common.bhs_strides(m, p.varlen),
@@ -234,7 +247,12 @@ def attention_fwd(
         ),
         BLOCK_D=common.block_d(p.head_dim),
     )  # fmt: skip
-    return o, m, log2l
+    return o, m, log2l, o32
+
+
+def keeps_fp32_output(dtype: torch.dtype, dropout_p: float) -> bool:
+    """Whether the forward also writes its output in fp32 (dropout in fp16/bf16)."""
+    return dropout_p > 0 and dtype != torch.float32
 
 
 def default_scale(head_dim: int) -> float:
