@@ -54,6 +54,10 @@ def _attention_cases():
         q, k, v, _leaf(1, 4, 5, 7), None, None, None, None, seed, common.MASK_FLOAT,
         0.25, False, True, 0.2, [3, 1],
     )  # fmt: skip
+    half = [_leaf(2, h, n, 16, dtype=torch.bfloat16) for h, n in ((4, 5), (2, 7), (2, 7))]
+    yield "bf16, dropout (an fp32 output for the backward)", (
+        *half, None, None, None, None, None, seed, common.MASK_NONE, 0.25, True, False, 0.2, [],
+    )  # fmt: skip
     cu_q, cu_k = _lengths(0, 3, 3, 7), _lengths(0, 2, 6, 9)
     yield "packed, GQA", (_leaf(7, 4, 16), _leaf(9, 2, 16), _leaf(9, 2, 16), None, cu_q, cu_k,
                           None, 4, None, common.MASK_NONE, *options)  # fmt: skip

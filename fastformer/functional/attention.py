@@ -160,9 +160,6 @@ def _(do, dlse, q, k, v, o, m, log2l, mask, *args):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
-_SAVED = ("q", "k", "v", "o", "m", "log2l", "mask", "cu_seqlens_q", "cu_seqlens_k", "seed")
-
-
 def _setup_context(ctx, inputs, output):
     q, k, v, mask, cu_q, cu_k, max_q, max_k, seed, *options = inputs
     o, m, log2l, o32 = output
