@@ -103,7 +103,7 @@ def run_reference() -> dict:
 
 def run_rank(rank: int, init_file: str) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group(
@@ -124,10 +124,7 @@ def run_rank(rank: int, init_file: str) -> dict:
             model = build(config, task)
             stack = model.encoder if name == "encoder" else model.decoder
             for layer in stack.layers:
-                fully_shard(layer, mesh=mesh)
-                # A pre-LN stack calls its layers' forward_stream, not forward: FSDP2 must
-                # gather their parameters around that method too.
-                register_fsdp_forward_method(layer, "forward_stream")
+                fully_shard(layer, mesh=mesh)  # pre-LN stacks too: no method to register
             fully_shard(model, mesh=mesh)
             batch = make_batch(name, rows)
             results[f"fsdp2/{name}"] = train(model, model, batch, FSDP2_STEPS)

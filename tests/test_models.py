@@ -98,6 +98,20 @@ def test_causal_models_do_not_see_the_future(preset):
     assert not torch.allclose(first[:, 3:], second[:, 3:])
 
 
+@pytest.mark.parametrize("preset", ["llama", "t5_small", "bert_base"])
+def test_every_layer_runs_through_its_module_call(preset):
+    """Forward hooks see every layer of every stack, pre-LN stacks (which pass (delta,
+    residual) pairs between layers) included: FSDP2 gathers parameters through these hooks."""
+    model = Transformer(_config(preset), task="lm")
+    stacks = [getattr(model, name, None) for name in ("encoder", "decoder")]
+    layers = [layer for stack in stacks if stack is not None for layer in stack.layers]
+    seen = []
+    for layer in layers:
+        layer.register_forward_hook(lambda module, args, out: seen.append(module))
+    _run(model, _ids(), _padding())
+    assert seen == layers
+
+
 def test_encoder_sees_both_ways():
     model = Transformer(_config("bert_base")).eval()
     ids = _ids()

@@ -218,10 +218,34 @@ def test_pre_ln_stream_equals_layer_by_layer(device):
     torch.testing.assert_close(delta + residual, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_stream_through_the_module_call_equals_forward_stream(device):
+    """``layer(x, residual=r, stream=True)`` is forward_stream through ``__call__`` (so hooks
+    run), for the encoder and the decoder layer."""
+    encoder = ffnn.TransformerEncoderLayer(HIDDEN, HEADS, FFN, norm_first=True, device=device)
+    decoder = ffnn.TransformerDecoderLayer(HIDDEN, HEADS, FFN, norm_first=True, device=device)
+    _randomize(encoder)
+    _randomize(decoder)
+    x, r = (torch.randn(BATCH, SEQ, HIDDEN, device=device) for _ in range(2))
+    memory = torch.randn(BATCH, SEQ_MEMORY, HIDDEN, device=device)
+    calls = []
+    for layer, extra in ((encoder, ()), (decoder, (memory,))):
+        calls.clear()
+        layer.register_forward_pre_hook(lambda module, args: calls.append(module))
+        got = layer(x, *extra, residual=r, stream=True)
+        want = layer.forward_stream(x, r, *extra)
+        assert len(calls) == 1
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="residual is taken only with stream=True"):
+            layer(x, *extra, residual=r)
+
+
 def test_stream_refused_for_post_ln(device):
     layer = ffnn.TransformerEncoderLayer(HIDDEN, HEADS, FFN, device=device)
     with pytest.raises(ValueError, match="forward_stream is for pre-LN layers"):
         layer.forward_stream(torch.randn(1, 2, HIDDEN, device=device), None)
+    with pytest.raises(ValueError, match="forward_stream is for pre-LN layers"):
+        layer(torch.randn(1, 2, HIDDEN, device=device), stream=True)
 
 
 def test_layer_dropout_only_in_training(device):

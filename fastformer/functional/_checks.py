@@ -23,7 +23,7 @@ def check_tensor(name: str, value) -> torch.Tensor:
     if type(value).__name__ == "DTensor":  # sharded: each rank holds a piece
         raise TypeError(
             f"{name} is a DTensor; fastformer's ops take whole local tensors, so tensor and "
-            "sequence parallel are not supported (with FSDP2, a layer method called instead "
+            "sequence parallel are not supported (with FSDP2, a module method called instead "
             "of forward needs torch.distributed.fsdp.register_fsdp_forward_method)"
         )
     if value.layout != torch.strided or value.is_nested:

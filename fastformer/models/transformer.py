@@ -8,8 +8,8 @@ Structure (submodule names are the state_dict's):
   position parts that live in attention: one :class:`RotaryEmbedding` referenced by every
   layer, or one :class:`RelativePositionBias` computed once per call and given to every layer
   as the additive bias (T5: the encoder's bidirectional, the decoder's causal). Pre-LN stacks
-  chain the layers' ``forward_stream`` so every residual add runs inside a fused norm, the last
-  one inside the final norm.
+  chain the layers' ``(delta, residual)`` pairs (``layer(..., residual=r, stream=True)``) so
+  every residual add runs inside a fused norm, the last one inside the final norm.
 - ``pooler``: BERT's, built for no task or sequence classification (as transformers does).
 - ``head``, by ``task``: "sequence_classification", "token_classification" or "lm" (masked LM
   for an encoder, next-token LM for a decoder, sequence-to-sequence LM for an
@@ -128,14 +128,15 @@ class TransformerStack(torch.nn.Module):
         if self.norm_first:
             delta, residual = x, None
             for layer in self.layers:
+                # Through the module's __call__: its hooks (FSDP2's gather too) run.
                 if decoder:
-                    delta, residual = layer.forward_stream(
-                        delta, residual, memory, key_padding_mask, memory_key_padding_mask,
-                        bias, position_ids,
+                    delta, residual = layer(
+                        delta, memory, key_padding_mask, memory_key_padding_mask, bias,
+                        position_ids, residual=residual, stream=True,
                     )  # fmt: skip
                 else:
-                    delta, residual = layer.forward_stream(
-                        delta, residual, key_padding_mask, bias, position_ids
+                    delta, residual = layer(
+                        delta, key_padding_mask, bias, position_ids, residual=residual, stream=True
                     )
             if self.final_norm is not None:
                 return self.final_norm(delta, residual)[0]  # norm(delta + residual)

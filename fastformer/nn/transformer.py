@@ -10,7 +10,9 @@ wrapped in a norm and a residual add (how to train it):
   ``y = h + ffn(norm(h))``. The second norm fuses ``h``'s add; the last add of a layer can fuse
   into the next layer's first norm, and the last layer's into the stack's final norm: the
   layers' :meth:`forward_stream` carries ``(delta, residual)`` pairs for that (``forward``
-  returns their sum, for a layer used alone).
+  returns their sum, for a layer used alone). A stack calls it through the module,
+  ``layer(x, ..., residual=r, stream=True)``, so module hooks, FSDP2's parameter gathering
+  included, run around it as around any forward.
 
 Norms: LayerNorm ("layer") or RMSNorm ("rms"); feed-forward: :class:`FeedForward` (gelu,
 gelu_tanh, relu, silu) or :class:`GatedFeedForward` (``gated=True``: SwiGLU with "silu", GeGLU
@@ -95,6 +97,16 @@ class _Layer(torch.nn.Module):
         if not self.norm_first:
             raise ValueError("forward_stream is for pre-LN layers (norm_first=True)")
 
+    @staticmethod
+    def _stream_residual(residual, stream: bool):
+        """forward's ``residual``, taken only with ``stream=True`` (the pair it returns)."""
+        if not stream:
+            raise ValueError(
+                "residual is taken only with stream=True (forward then returns the "
+                "(delta, residual) pair); got stream=False"
+            )
+        return residual
+
 
 class TransformerEncoderLayer(_Layer):
     """Self-attention and feed-forward, pre-LN or post-LN; with ``is_causal`` a GPT/LLaMA block.
@@ -150,9 +162,18 @@ class TransformerEncoderLayer(_Layer):
         key_padding_mask: torch.Tensor | None = None,
         attn_bias: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        *,
+        residual: torch.Tensor | None = None,
+        stream: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (batch, seq, hidden) -> (batch, seq, hidden). Masks as in
-        :meth:`MultiHeadAttention.forward`."""
+        :meth:`MultiHeadAttention.forward`. With ``stream=True`` (pre-LN only), as
+        :meth:`forward_stream` on ``x + residual``: the ``(delta, residual)`` pair."""
+        if stream or residual is not None:
+            return self.forward_stream(
+                x, self._stream_residual(residual, stream), key_padding_mask, attn_bias,
+                position_ids,
+            )  # fmt: skip
         if self.norm_first:
             delta, residual = self.forward_stream(
                 x, None, key_padding_mask, attn_bias, position_ids
@@ -239,11 +260,20 @@ class TransformerDecoderLayer(_Layer):
         memory_key_padding_mask: torch.Tensor | None = None,
         attn_bias: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        *,
+        residual: torch.Tensor | None = None,
+        stream: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (batch, seq, hidden), memory (batch, seq_m, memory_size) -> (batch, seq, hidden).
 
         ``key_padding_mask`` (batch, seq) and ``attn_bias`` go to the self-attention,
-        ``memory_key_padding_mask`` (batch, seq_m) to the cross-attention."""
+        ``memory_key_padding_mask`` (batch, seq_m) to the cross-attention. ``stream`` and
+        ``residual``: as :meth:`TransformerEncoderLayer.forward`."""
+        if stream or residual is not None:
+            return self.forward_stream(
+                x, self._stream_residual(residual, stream), memory, key_padding_mask,
+                memory_key_padding_mask, attn_bias, position_ids,
+            )  # fmt: skip
         if self.norm_first:
             delta, residual = self.forward_stream(
                 x, None, memory, key_padding_mask, memory_key_padding_mask, attn_bias,
