@@ -129,3 +129,28 @@ def test_causal_first_row_gets_a_zero_query_gradient(device, dtype):
     first_row = q.grad[:, :, 0].float().abs().max().item()
     assert q.grad[:, :, 1:].float().abs().max().item() > 1.0  # the other rows' gradients
     assert first_row <= 1e-3, first_row
+
+
+def test_fp32_output_is_kept_only_for_a_backward(device, monkeypatch):
+    """The fp32 copy of the output (for the backward's delta) is written only when a backward
+    can run: not under no_grad, not for inputs without grad; the output is the same bits."""
+    from fastformer.functional import attention as attention_api
+
+    kept = []
+    launch = attention_api.attention_fwd
+
+    def recording(*args, **kwargs):
+        result = launch(*args, **kwargs)
+        kept.append(result[3] is not None)
+        return result
+
+    monkeypatch.setattr(attention_api, "attention_fwd", recording)
+    q, k, v = _qkv(device, torch.bfloat16)
+    outputs = []
+    for grad, inputs in ((False, (q, k, v)), (True, [t.detach() for t in (q, k, v)]),
+                         (True, (q, k, v))):  # fmt: skip
+        torch.manual_seed(2)
+        with torch.set_grad_enabled(grad):
+            outputs.append(fastformer.scaled_dot_product_attention(*inputs, dropout_p=RATE))
+    assert kept == [False, False, True]
+    assert all(torch.equal(out.detach(), outputs[-1].detach()) for out in outputs)

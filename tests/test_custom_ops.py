@@ -47,16 +47,18 @@ def _attention_cases():
     seed = torch.tensor([12345])
     q, k, v = _leaf(2, 4, 5, 16), _leaf(2, 2, 7, 16), _leaf(2, 2, 7, 16)
     bool_mask = torch.rand(2, 1, 5, 7) > 0.3
-    options = (0.25, True, False, 0.0, [])  # scale, causal, bottom_right, dropout_p, window
+    # scale, causal, bottom_right, dropout_p, window, for_backward
+    options = (0.25, True, False, 0.0, [], True)
     yield "bool mask, causal, GQA", (q, k, v, bool_mask, None, None, None, None, None,
                                      common.MASK_BOOL, *options)  # fmt: skip
     yield "trainable float mask, dropout, window", (
         q, k, v, _leaf(1, 4, 5, 7), None, None, None, None, seed, common.MASK_FLOAT,
-        0.25, False, True, 0.2, [3, 1],
+        0.25, False, True, 0.2, [3, 1], True,
     )  # fmt: skip
     half = [_leaf(2, h, n, 16, dtype=torch.bfloat16) for h, n in ((4, 5), (2, 7), (2, 7))]
     yield "bf16, dropout (an fp32 output for the backward)", (
         *half, None, None, None, None, None, seed, common.MASK_NONE, 0.25, True, False, 0.2, [],
+        True,
     )  # fmt: skip
     cu_q, cu_k = _lengths(0, 3, 3, 7), _lengths(0, 2, 6, 9)
     yield "packed, GQA", (_leaf(7, 4, 16), _leaf(9, 2, 16), _leaf(9, 2, 16), None, cu_q, cu_k,

@@ -100,13 +100,16 @@ def _attention_fwd(
     bottom_right: bool,
     dropout_p: float,
     window: list[int],
+    for_backward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(o, m, log2l, o32): the output, the base-2 row statistics (lse = m + log2l), and with
-    dropout in fp16/bf16 the output in fp32 for the backward (else empty). ``seed``: a
+    """(o, m, log2l, o32): the output, the base-2 row statistics (lse = m + log2l), and, for a
+    backward with dropout in fp16/bf16, the output in fp32 (else empty). ``seed``: a
     one-element int64 tensor when ``dropout_p > 0``; ``window``: [left, right] or []."""
     problem = _problem(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     options = _kernel_options(seed, mask_kind, scale, is_causal, bottom_right, dropout_p, window)
-    o, m, log2l, o32 = attention_fwd(q, k, v, problem, mask=mask, **options)
+    o, m, log2l, o32 = attention_fwd(
+        q, k, v, problem, mask=mask, for_backward=for_backward, **options
+    )
     return o, m, log2l, o32 if o32 is not None else _library.nothing(m)
 
 
@@ -115,8 +118,8 @@ def _(q, k, v, mask, cu_seqlens_q, *args):
     packed = cu_seqlens_q is not None
     stats_shape = (q.shape[0], q.shape[1]) if packed else q.shape[:3]
     stats = q.new_empty(stats_shape, dtype=torch.float32)
-    dropout_p = args[-2]
-    o32_shape = q.shape if keeps_fp32_output(q.dtype, dropout_p) else (0,)
+    dropout_p, for_backward = args[-3], args[-1]
+    o32_shape = q.shape if keeps_fp32_output(q.dtype, dropout_p, for_backward) else (0,)
     return q.new_empty(q.shape), stats, stats.clone(), q.new_empty(o32_shape, dtype=torch.float32)
 
 
@@ -161,7 +164,7 @@ def _(do, dlse, q, k, v, o, m, log2l, mask, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask, cu_q, cu_k, max_q, max_k, seed, *options = inputs
+    q, k, v, mask, cu_q, cu_k, max_q, max_k, seed, *options, _for_backward = inputs
     o, m, log2l, o32 = output
     # The backward reads o only for delta = rowsum(dO * O): the fp32 copy when there is one.
     o_for_delta = o32 if o32.numel() else o
@@ -181,7 +184,7 @@ def _backward(ctx, do, _dm, dlog2l, _do32):
         do, dlog2l, q, k, v, o, m, log2l, mask, cu_q, cu_k, *ctx.max_seqlens, seed, *ctx.options,
         mask_grad,
     )  # fmt: skip
-    return (dq, dk, dv, dmask if mask_grad else None, *[None] * 11)
+    return (dq, dk, dv, dmask if mask_grad else None, *[None] * 12)
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -204,9 +207,14 @@ def _attend(q, k, v, mask, cu_seqlens, max_seqlens, mask_kind, scale, is_causal,
             causal_alignment, dropout_p, window, return_lse):  # fmt: skip
     """One kernel call; the output, and with ``return_lse`` the natural log-sum-exp."""
     seed = _seed() if dropout_p > 0 else None
+    inputs = (q, k, v, mask)
+    for_backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in inputs
+    )
     o, m, log2l, _ = _attention_fwd(
         q, k, v, mask, *cu_seqlens, *max_seqlens, seed, mask_kind, scale, bool(is_causal),
         causal_alignment == "bottom_right", dropout_p, list(window) if window else [],
+        for_backward,
     )  # fmt: skip
     if not return_lse:  # no extra pass over the statistics when nobody asked for them
         return o, None

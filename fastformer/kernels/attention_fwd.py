@@ -39,7 +39,7 @@ def _attn_fwd_kernel(
     cu_seqlens_q_ptr,  # (batch + 1,) int32 when VARLEN, else unused
     cu_seqlens_k_ptr,  # (batch + 1,) int32 when VARLEN, else unused
     o_ptr,  # like q, out
-    o32_ptr,  # like o in fp32, out with dropout in fp16/bf16 (for the backward), else unused
+    o32_ptr,  # like o in fp32, out when STORE_O32 (for the backward's delta), else unused
     m_ptr,  # (batch, n_heads, seqlen_q) or packed (total_q, n_heads), fp32: row max (base 2), out
     log2l_ptr,  # like m: log2 of the row's sum of exp2(s - m), out
     stride_q_batch,
@@ -84,6 +84,7 @@ def _attn_fwd_kernel(
     DOT_FP32: tl.constexpr,
     IEEE: tl.constexpr,
     BF16_RNE: tl.constexpr,
+    STORE_O32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -159,9 +160,10 @@ def _attn_fwd_kernel(
         m_i = m_new
 
     seen = l_i != 0.0  # NaN counts as seen: a NaN score gives a NaN log-sum-exp, as in eager
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    denominator = tl.where(seen, l_i, 1.0)
     if HAS_DROPOUT:
-        out = out / (1.0 - dropout_p)
+        denominator = denominator * (1.0 - dropout_p)
+    out = acc / denominator[:, None]
     m_store = tl.where(seen, m_i, float("inf"))
     # A NaN row stores m = l_i = NaN: on the GPU, max() skips NaN and m may even stay -inf.
     m_store = tl.where(l_i == l_i, m_store, l_i)
@@ -169,7 +171,7 @@ def _attn_fwd_kernel(
     o_offsets = batch * stride_o_batch + head * stride_o_head + q_start * stride_o_seq
     o_offsets += rows[:, None] * stride_o_seq + offs_d[None, :] * stride_o_dim
     tl.store(o_ptr + o_offsets, rounded_for_store(out, BF16_RNE), mask=tile_md)
-    if HAS_DROPOUT and not IEEE:  # o32 has o's strides (both contiguous, q's shape)
+    if STORE_O32:  # o32 has o's strides (both contiguous, q's shape)
         tl.store(o32_ptr + o_offsets, out, mask=tile_md)
     stat_offsets = batch * stride_stat_batch + head * stride_stat_head
     stat_offsets += (q_start + rows) * stride_stat_seq
@@ -194,6 +196,7 @@ def attention_fwd(
     dropout_p: float = 0.0,
     seed: int = 0,
     window: tuple[int, int] | None = None,
+    for_backward: bool = False,
 ):
     """Attention forward.
 
@@ -206,19 +209,20 @@ def attention_fwd(
         dropout_p, seed: dropout on the attention probabilities, drawn by Philox from ``seed``
             (``attention_common.dropout_mask`` gives the mask).
         window: sliding window (left, right), -1 for an unbounded side, or None.
+        for_backward: a backward will run (it may need ``o32``).
     Returns:
         o: q's shape, contiguous, q's dtype.
         m, log2l: fp32 row statistics (base 2), (batch, n_heads, seqlen_q) or packed
             (total_q, n_heads); the log-sum-exp is m + log2l; m is +inf for rows seeing no key.
-        o32: with dropout in fp16/bf16 (``keeps_fp32_output``), o before its rounding, in fp32
-            and o's shape; else None. The backward's delta = rowsum(dO * O) reads it: with the
-            rounded o, the 1 / (1 - dropout_p) scale of a single kept key no longer cancels
-            against dP and rows that should get a 0 gradient get rounding noise.
+        o32: when ``keeps_fp32_output`` (dropout in fp16/bf16, for a backward), o before its
+            rounding, in fp32 and o's shape; else None. The backward's delta = rowsum(dO * O)
+            reads it: with the rounded o, the 1 / (1 - dropout_p) scale of a single kept key
+            no longer cancels against dP and rows that should get a 0 gradient get noise.
     """
     p = problem
     o = _runtime.empty(q.shape, dtype=q.dtype, device=q.device)
     o32 = None
-    if keeps_fp32_output(q.dtype, dropout_p):
+    if keeps_fp32_output(q.dtype, dropout_p, for_backward):
         o32 = _runtime.empty(q.shape, dtype=torch.float32, device=q.device)
     lse_shape = (q.shape[0], p.n_heads) if p.varlen else (p.batch, p.n_heads, p.seqlen_q)
     m = _runtime.empty(lse_shape, dtype=torch.float32, device=q.device)
@@ -245,14 +249,16 @@ def attention_fwd(
             q, _attn_fwd_kernel, is_causal, bottom_right, mask_kind, p.varlen, dropout_p > 0,
             window,
         ),
+        STORE_O32=o32 is not None,
         BLOCK_D=common.block_d(p.head_dim),
     )  # fmt: skip
     return o, m, log2l, o32
 
 
-def keeps_fp32_output(dtype: torch.dtype, dropout_p: float) -> bool:
-    """Whether the forward also writes its output in fp32 (dropout in fp16/bf16)."""
-    return dropout_p > 0 and dtype != torch.float32
+def keeps_fp32_output(dtype: torch.dtype, dropout_p: float, for_backward: bool) -> bool:
+    """Whether the forward also writes its output in fp32: for a backward, with dropout in
+    fp16/bf16 (without dropout, or in fp32, the backward reads the output itself)."""
+    return for_backward and dropout_p > 0 and dtype != torch.float32
 
 
 def default_scale(head_dim: int) -> float:

@@ -98,14 +98,14 @@ class _Layer(torch.nn.Module):
             raise ValueError("forward_stream is for pre-LN layers (norm_first=True)")
 
     @staticmethod
-    def _stream_residual(residual, stream: bool):
-        """forward's ``residual``, taken only with ``stream=True`` (the pair it returns)."""
-        if not stream:
+    def _streams(residual, stream: bool) -> bool:
+        """Whether forward returns the (delta, residual) pair; ``residual`` needs it."""
+        if residual is not None and not stream:
             raise ValueError(
                 "residual is taken only with stream=True (forward then returns the "
                 "(delta, residual) pair); got stream=False"
             )
-        return residual
+        return stream
 
 
 class TransformerEncoderLayer(_Layer):
@@ -169,11 +169,8 @@ class TransformerEncoderLayer(_Layer):
         """x (batch, seq, hidden) -> (batch, seq, hidden). Masks as in
         :meth:`MultiHeadAttention.forward`. With ``stream=True`` (pre-LN only), as
         :meth:`forward_stream` on ``x + residual``: the ``(delta, residual)`` pair."""
-        if stream or residual is not None:
-            return self.forward_stream(
-                x, self._stream_residual(residual, stream), key_padding_mask, attn_bias,
-                position_ids,
-            )  # fmt: skip
+        if self._streams(residual, stream):
+            return self.forward_stream(x, residual, key_padding_mask, attn_bias, position_ids)
         if self.norm_first:
             delta, residual = self.forward_stream(
                 x, None, key_padding_mask, attn_bias, position_ids
@@ -269,10 +266,10 @@ class TransformerDecoderLayer(_Layer):
         ``key_padding_mask`` (batch, seq) and ``attn_bias`` go to the self-attention,
         ``memory_key_padding_mask`` (batch, seq_m) to the cross-attention. ``stream`` and
         ``residual``: as :meth:`TransformerEncoderLayer.forward`."""
-        if stream or residual is not None:
+        if self._streams(residual, stream):
             return self.forward_stream(
-                x, self._stream_residual(residual, stream), memory, key_padding_mask,
-                memory_key_padding_mask, attn_bias, position_ids,
+                x, residual, memory, key_padding_mask, memory_key_padding_mask, attn_bias,
+                position_ids,
             )  # fmt: skip
         if self.norm_first:
             delta, residual = self.forward_stream(

@@ -103,6 +103,8 @@ def attention_variant(which, head_dim, tile, form, *, capabilities=(0, None), de
     )
     if which == "dq":
         constexprs["MASK_GRAD"] = mask_grad
+    if which == "fwd":  # training with dropout in fp16/bf16 also stores the fp32 output
+        constexprs["STORE_O32"] = flags["HAS_DROPOUT"] and dtype != "fp32"
     constexprs.update(unit_strides(kernel, _ATTN_UNIT))
     pointers = dict(_ATTN_POINTERS)
     if flags["MASK_KIND"] == attention_common.MASK_FLOAT:
